@@ -1,0 +1,45 @@
+"""Exceptions and warnings raised by bayeslmm.
+
+Every error a user can trigger with bad input is one of these, raised before any sampling starts,
+with a message that names the problem and says what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BayeslmmError",
+    "FormulaError",
+    "UnsupportedSyntaxError",
+    "DataError",
+    "PriorError",
+    "NotFittedError",
+    "ConvergenceWarning",
+]
+
+
+class BayeslmmError(Exception):
+    """Base class of every error bayeslmm raises on purpose."""
+
+
+class FormulaError(BayeslmmError, ValueError):
+    """The formula is malformed: unbalanced parentheses, no ``~``, an empty term, ..."""
+
+
+class UnsupportedSyntaxError(FormulaError):
+    """The formula is valid lme4 syntax that bayeslmm does not support (yet)."""
+
+
+class DataError(BayeslmmError, ValueError):
+    """The data cannot be used with the formula: unknown column, non-numeric response, ..."""
+
+
+class PriorError(BayeslmmError, ValueError):
+    """A user-supplied prior is malformed or names a parameter the model does not have."""
+
+
+class NotFittedError(BayeslmmError, RuntimeError):
+    """A result was requested from a model that has not been fitted yet."""
+
+
+class ConvergenceWarning(UserWarning):
+    """The sampler reported divergences, high R-hat or low effective sample size."""

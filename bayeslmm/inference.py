@@ -1,0 +1,161 @@
+"""Inference: run NUTS on a PyMC model and check the result.
+
+nutpie is used when it is installed (it is a dependency, so normally always); PyMC's own NUTS is the
+fallback. After sampling, :func:`check_diagnostics` turns divergences, R-hat above 1.01 and bulk ESS
+below 400 into messages that say what happened and what to try -- the Bayesian counterpart of lme4's
+convergence and singular-fit messages.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+import warnings
+from dataclasses import dataclass
+
+import arviz as az
+import numpy as np
+import pymc as pm
+import xarray as xr
+
+__all__ = ["SamplerSettings", "sample", "check_diagnostics", "RHAT_MAX", "ESS_MIN"]
+
+RHAT_MAX = 1.01
+ESS_MIN = 400
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How a posterior was obtained: sampler, draws and chains, seed, wall time in seconds."""
+
+    sampler: str
+    draws: int
+    tune: int
+    chains: int
+    random_seed: int | None
+    seconds: float
+
+    def __str__(self) -> str:
+        return (
+            f"NUTS ({self.sampler}), {self.chains} chains x {self.draws} draws after {self.tune} tuning "
+            f"steps, {self.seconds:.1f} s"
+        )
+
+
+def default_sampler() -> str:
+    """``"nutpie"`` when importable, else ``"pymc"``."""
+    return "nutpie" if importlib.util.find_spec("nutpie") else "pymc"
+
+
+def sample(
+    model: pm.Model,
+    *,
+    draws: int,
+    tune: int,
+    chains: int,
+    random_seed: int | None,
+    keep: list[str],
+    progressbar: bool = False,
+    **options,
+) -> tuple[xr.DataTree, SamplerSettings]:
+    """Sample ``model`` with NUTS.
+
+    Parameters
+    ----------
+    model : pymc.Model
+    draws, tune, chains : int
+        Kept draws, tuning steps and chains.
+    random_seed : int or None
+        The same seed gives the same draws.
+    keep : list of str
+        Posterior variables to keep; internal ones (non-centred ``z``, centred ``beta``) are dropped.
+    progressbar : bool
+    **options
+        Passed to :func:`pymc.sample` (e.g. ``target_accept``, ``nuts_sampler``).
+
+    Returns
+    -------
+    idata : xarray.DataTree
+        With ``posterior`` (only ``keep``), ``sample_stats`` and ``observed_data`` groups.
+    settings : SamplerSettings
+    """
+    options.setdefault("nuts_sampler", default_sampler())
+    start = time.perf_counter()
+    idata = pm.sample(
+        model=model,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        random_seed=random_seed,
+        progressbar=progressbar,
+        compute_convergence_checks=False,
+        **options,
+    )
+    seconds = time.perf_counter() - start
+    posterior = idata["posterior"].to_dataset()[keep]
+    tree = xr.DataTree.from_dict(
+        {
+            "posterior": posterior,
+            "sample_stats": idata["sample_stats"].to_dataset(),
+            "observed_data": idata["observed_data"].to_dataset(),
+        }
+    )
+    settings = SamplerSettings(
+        sampler=options["nuts_sampler"], draws=draws, tune=tune, chains=chains, random_seed=random_seed, seconds=seconds
+    )
+    return tree, settings
+
+
+def check_diagnostics(idata: xr.DataTree, var_names: list[str]) -> list[str]:
+    """Messages about divergences, R-hat and bulk ESS of ``var_names``; empty when all is well."""
+    messages = []
+    stats = idata["sample_stats"].to_dataset()
+    n_draws = stats.sizes["chain"] * stats.sizes["draw"]
+    if "diverging" in stats:
+        n_divergent = int(stats["diverging"].sum())
+        if n_divergent:
+            messages.append(
+                f"{n_divergent} of {n_draws} draws ended in a divergent transition: the posterior may "
+                "be biased. Try fit(target_accept=0.95); if they persist, a variance is probably near "
+                "zero (the Bayesian sign of lme4's singular fit): simplify the random effects, e.g. "
+                "drop a correlation with '||' or a slope"
+            )
+    posterior = idata["posterior"].to_dataset()[var_names]
+    with warnings.catch_warnings():
+        # the unit diagonal of a correlation matrix has no variance: its R-hat and ESS are NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rhat = az.rhat(posterior) if stats.sizes["chain"] > 1 else None
+        ess = az.ess(posterior, method="bulk")
+    if rhat is not None:
+        worst = _worst(rhat, largest=True)
+        if worst is not None and worst[1] > RHAT_MAX:
+            messages.append(
+                f"R-hat of {worst[0]} is {worst[1]:.3f} (> {RHAT_MAX}): the chains disagree. "
+                "Run more tuning and draws, e.g. fit(tune=2000, draws=2000)"
+            )
+    lowest = _worst(ess, largest=False)
+    if lowest is not None and lowest[1] < ESS_MIN:
+        messages.append(
+            f"bulk effective sample size of {lowest[0]} is {lowest[1]:.0f} (< {ESS_MIN}): intervals "
+            "and means are imprecise. Draw more, e.g. fit(draws=2000), or use more chains"
+        )
+    return messages
+
+
+def _worst(statistic, largest: bool) -> tuple[str, float] | None:
+    """The variable (with its coordinate) whose diagnostic is worst, and its value."""
+    best_name, best_value = None, None
+    for name, values in statistic.data_vars.items():
+        array = np.asarray(values)
+        if array.size == 0 or np.all(np.isnan(array)):
+            continue
+        flat = np.nanargmax(array) if largest else np.nanargmin(array)
+        value = float(array.reshape(-1)[flat])
+        if best_value is None or (value > best_value if largest else value < best_value):
+            label = name
+            if array.ndim:
+                index = np.unravel_index(flat, array.shape)
+                coords = [str(values[dim].values[i]) for dim, i in zip(values.dims, index) if dim in values.coords]
+                label = f"{name}[{', '.join(coords)}]"
+            best_name, best_value = label, value
+    return None if best_name is None else (best_name, best_value)

@@ -1,0 +1,247 @@
+"""Lmer: the user-facing linear mixed model, pymer4's API on a Bayesian engine."""
+
+from __future__ import annotations
+
+import warnings
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from bayeslmm import report, results
+from bayeslmm.design import Design, build_design
+from bayeslmm.errors import ConvergenceWarning, NotFittedError
+from bayeslmm.families import Family, get_family
+from bayeslmm.formula import parse_formula
+from bayeslmm.inference import SamplerSettings, check_diagnostics, sample
+from bayeslmm.model import build_model, var_names
+from bayeslmm.priors import ModelPriors, default_priors
+
+__all__ = ["Lmer"]
+
+
+class Lmer:
+    """Bayesian linear mixed model from an lme4 formula.
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax, e.g. ``"Reaction ~ Days + (Days | Subject)"``. Supported random terms: ``(1|g)``,
+        ``(x|g)``, ``(0+x|g)``, ``(x||g)``, ``(1|g1/g2)``, ``(1|g1:g2)``, crossed and several blocks.
+    data : pandas.DataFrame or polars.DataFrame
+        Never modified. Rows with missing values in the columns used are dropped with a warning.
+    family : str
+        ``"gaussian"`` (the only family so far).
+    priors : dict, optional
+        Overrides of the default priors; see :mod:`bayeslmm.priors`.
+
+    Raises
+    ------
+    FormulaError, UnsupportedSyntaxError, DataError, PriorError
+        On bad input, before anything is sampled.
+
+    Examples
+    --------
+    >>> from bayeslmm import Lmer, load_dataset
+    >>> model = Lmer("Reaction ~ Days + (Days | Subject)", load_dataset("sleepstudy"))
+    >>> model.fit(random_seed=1)  # doctest: +SKIP
+    >>> model.coefs  # doctest: +SKIP
+    """
+
+    def __init__(self, formula: str, data: Any, family: str | Family = "gaussian", priors: dict | None = None) -> None:
+        self.formula = formula
+        self.family = get_family(family)
+        parsed = parse_formula(formula)
+        self._design: Design = build_design(parsed, data)
+        self._priors: ModelPriors = default_priors(self._design, priors)
+        self.idata: xr.DataTree | None = None
+        self.sampler: SamplerSettings | None = None
+        self.warnings: list[str] = []
+
+    # ----------------------------------------------------------------------------------- fitting
+    def fit(
+        self,
+        draws: int = 1000,
+        tune: int = 1000,
+        chains: int = 4,
+        random_seed: int | None = None,
+        summarize: bool = False,
+        progressbar: bool = False,
+        **sampler_options: Any,
+    ) -> pd.DataFrame:
+        """Sample the posterior with NUTS.
+
+        Parameters
+        ----------
+        draws, tune, chains : int
+            Kept draws per chain, tuning steps per chain, number of chains.
+        random_seed : int, optional
+            The same seed gives the same draws.
+        summarize : bool
+            Print :meth:`summary` afterwards.
+        progressbar : bool
+        **sampler_options
+            Passed to :func:`pymc.sample`, e.g. ``target_accept=0.95`` or ``nuts_sampler="pymc"``.
+
+        Returns
+        -------
+        pandas.DataFrame
+            :attr:`coefs`, as pymer4's ``fit`` returns.
+        """
+        for name, value in {"draws": draws, "tune": tune, "chains": chains}.items():
+            if not isinstance(value, int | np.integer) or value < (0 if name == "tune" else 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self._clear_cache()
+        model = build_model(self._design, self._priors, self.family)
+        self.idata, self.sampler = sample(
+            model,
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            random_seed=random_seed,
+            keep=self._kept_variables(),
+            progressbar=progressbar,
+            **sampler_options,
+        )
+        self._add_log_likelihood()
+        self.warnings = check_diagnostics(self.idata, self._hyperparameters())
+        for message in self.warnings:
+            warnings.warn(message, ConvergenceWarning, stacklevel=2)
+        if summarize:
+            print(self.summary())
+        return self.coefs
+
+    def _kept_variables(self) -> list[str]:
+        names = ["beta"] + list(self.family.aux)
+        for block in self._design.blocks:
+            v = var_names(block)
+            names += [v["sd"], v["ranef"]] + ([v["corr"]] if block.n_terms > 1 else [])
+        return names
+
+    def _hyperparameters(self) -> list[str]:
+        """Variables whose convergence is checked: fixed effects, SDs, correlations, family parameters."""
+        return [name for name in self._kept_variables() if not name.startswith("ranef_")]
+
+    def _add_log_likelihood(self, chunk: int = 500) -> None:
+        """Pointwise log-likelihood group, computed in NumPy in chunks of draws (no compilation)."""
+        posterior = self.posterior
+        chains, draws = posterior.sizes["chain"], posterior.sizes["draw"]
+        aux = {name: results.stack_draws(posterior, name).reshape(-1) for name in self.family.aux}
+        values = np.empty((chains * draws, self._design.n_obs))
+        for start in range(0, chains * draws, chunk):
+            part = slice(start, min(start + chunk, chains * draws))
+            mu = self.family.inverse_link(results.linear_predictor(self._design, posterior, part))
+            values[part] = self.family.log_likelihood(self._design.y, mu, {k: v[part] for k, v in aux.items()})
+        log_lik = xr.Dataset({"y": (("chain", "draw", "obs"), values.reshape(chains, draws, -1))})
+        log_lik = log_lik.assign_coords(chain=posterior.chain, draw=posterior.draw)
+        self.idata["log_likelihood"] = xr.DataTree(log_lik)
+
+    def _clear_cache(self) -> None:
+        for name in ("coefs", "fixef", "ranef", "ranef_var", "ranef_corr", "data"):
+            self.__dict__.pop(name, None)
+
+    # ----------------------------------------------------------------------------------- results
+    @property
+    def fitted(self) -> bool:
+        """Whether :meth:`fit` has run."""
+        return self.idata is not None
+
+    @property
+    def posterior(self) -> xr.Dataset:
+        """Posterior draws (dims chain, draw, ...); see :mod:`bayeslmm.model` for the names."""
+        self._require_fit("posterior")
+        return self.idata["posterior"].to_dataset()
+
+    @cached_property
+    def coefs(self) -> pd.DataFrame:
+        """Fixed effects: ``Estimate`` (posterior mean), 95% interval, ``SE`` (posterior SD), ``pd``, R-hat, ESS."""
+        self._require_fit("coefs")
+        return results.coefs_table(self._design, self.posterior)
+
+    def coef_summary(self, prob: float = 0.95, hdi: bool = False) -> pd.DataFrame:
+        """:attr:`coefs` with another interval probability or a highest-density interval."""
+        self._require_fit("coef_summary")
+        return results.coefs_table(self._design, self.posterior, prob=prob, hdi=hdi)
+
+    @cached_property
+    def fixef(self) -> pd.DataFrame | dict[str, pd.DataFrame]:
+        """Per-group coefficients, fixed plus random (lme4's ``coef()``): posterior means, levels x terms."""
+        self._require_fit("fixef")
+        return results.wide_by_factor(self._design, self.posterior, total=True)
+
+    @cached_property
+    def ranef(self) -> pd.DataFrame | dict[str, pd.DataFrame]:
+        """Per-group deviations from the fixed effects (lme4's ``ranef()``): posterior means, levels x terms."""
+        self._require_fit("ranef")
+        return results.wide_by_factor(self._design, self.posterior, total=False)
+
+    def ranef_summary(self, total: bool = False, prob: float = 0.95, hdi: bool = False) -> pd.DataFrame:
+        """Tidy table of every group effect with posterior mean, SD, interval and pd.
+
+        Parameters
+        ----------
+        total : bool
+            False for deviations (``ranef``), True for group coefficients (``fixef``).
+        """
+        self._require_fit("ranef_summary")
+        return results.ranef_long(self._design, self.posterior, total=total, prob=prob, hdi=hdi)
+
+    @cached_property
+    def ranef_var(self) -> pd.DataFrame:
+        """Variance components: ``Name``, ``Var``, ``Std`` (posterior medians) and a 95% interval of ``Std``."""
+        self._require_fit("ranef_var")
+        return results.ranef_var_table(self._design, self.posterior)
+
+    @cached_property
+    def ranef_corr(self) -> pd.DataFrame | None:
+        """Correlations of group effects: ``IV1``, ``IV2``, ``Corr`` (posterior median), interval; None if none."""
+        self._require_fit("ranef_corr")
+        return results.ranef_corr_table(self._design, self.posterior)
+
+    @cached_property
+    def data(self) -> pd.DataFrame:
+        """A copy of the rows used, with ``fits`` (posterior mean linear predictor) and ``residuals``."""
+        self._require_fit("data")
+        frame = self._design.data.copy()
+        frame["fits"] = self.family.inverse_link(results.posterior_mean_fit(self._design, self.posterior))
+        frame["residuals"] = self._design.y - frame["fits"].to_numpy()
+        return frame
+
+    @property
+    def design_matrix(self) -> pd.DataFrame:
+        """Fixed-effects model matrix, one column per term, indexed as the data."""
+        return pd.DataFrame(self._design.X, columns=list(self._design.fixed_terms), index=self._design.data.index)
+
+    @property
+    def grps(self) -> dict[str, int]:
+        """Number of levels of each grouping factor."""
+        return {factor: len(levels) for factor, levels in self._design.factors.items()}
+
+    @property
+    def levels(self) -> dict[str, pd.Index]:
+        """Levels of each grouping factor."""
+        return dict(self._design.factors)
+
+    @property
+    def priors(self) -> pd.DataFrame:
+        """The priors used, one row per parameter, in readable form."""
+        return pd.DataFrame(self._priors.table(), columns=["parameter", "prior"]).set_index("parameter")
+
+    @property
+    def design(self) -> Design:
+        """The evaluated design (response, model matrices, group indices)."""
+        return self._design
+
+    def summary(self) -> str:
+        """R-like summary: formula, data, sampler, random effects, fixed effects, diagnostics."""
+        self._require_fit("summary")
+        return report.summary_text(self)
+
+    def __repr__(self) -> str:
+        return report.short_repr(self)
+
+    def _require_fit(self, what: str) -> None:
+        if self.idata is None:
+            raise NotFittedError(f"{what} is not available before the model is fitted: call .fit() first")

@@ -1,0 +1,238 @@
+"""Results: posterior draws turned into the tables pymer4 users know.
+
+Every table is built from one function, :func:`summarize`, which summarizes an array of draws with
+shape (chain, draw, m) into m rows: posterior mean (``Estimate``), posterior SD (``SE``), a credible
+interval (equal-tailed by default, HDI on request), probability of direction ``pd``, R-hat and ESS.
+"""
+
+from __future__ import annotations
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from bayeslmm.design import Design, RandomBlock
+from bayeslmm.model import var_names
+
+__all__ = [
+    "summarize",
+    "interval_columns",
+    "coefs_table",
+    "ranef_long",
+    "wide_by_factor",
+    "ranef_var_table",
+    "ranef_corr_table",
+    "linear_predictor",
+    "stack_draws",
+]
+
+
+def interval_columns(prob: float) -> tuple[str, str]:
+    """Column names of a central interval, e.g. ``("2.5_ci", "97.5_ci")`` for ``prob=0.95``."""
+    if not 0 < prob < 1:
+        raise ValueError(f"interval probability must be between 0 and 1, got {prob!r}")
+    tail = 100 * (1 - prob) / 2
+    return f"{tail:g}_ci", f"{100 - tail:g}_ci"
+
+
+def summarize(
+    draws: np.ndarray, index: pd.Index, prob: float = 0.95, hdi: bool = False, diagnostics: bool = True
+) -> pd.DataFrame:
+    """Posterior summary of ``m`` quantities.
+
+    Parameters
+    ----------
+    draws : ndarray, shape (chain, draw, m)
+    index : pandas.Index, length m
+    prob : float
+        Probability of the credible interval.
+    hdi : bool
+        Highest-density instead of equal-tailed interval.
+    diagnostics : bool
+        Add ``R_hat``, ``ESS_bulk`` and ``ESS_tail`` (ArviZ).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``Estimate``, ``<lo>_ci``, ``<hi>_ci``, ``SE``, ``pd`` and, with ``diagnostics``,
+        ``R_hat``, ``ESS_bulk``, ``ESS_tail``.
+    """
+    flat = draws.reshape(-1, draws.shape[-1])
+    low, high = interval_columns(prob)
+    if hdi:
+        bounds = az.hdi(xr.DataArray(draws, dims=("chain", "draw", "q")), prob=prob).values
+        lower, upper = bounds[:, 0], bounds[:, 1]
+    else:
+        lower, upper = np.quantile(flat, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
+    table = pd.DataFrame(
+        {
+            "Estimate": flat.mean(axis=0),
+            low: lower,
+            high: upper,
+            "SE": flat.std(axis=0, ddof=1),
+            "pd": np.maximum((flat > 0).mean(axis=0), (flat < 0).mean(axis=0)),
+        },
+        index=index,
+    )
+    if diagnostics:
+        dataset = xr.Dataset({"x": (("chain", "draw", "q"), draws)})
+        table["R_hat"] = az.rhat(dataset)["x"].values if draws.shape[0] > 1 else np.nan
+        table["ESS_bulk"] = az.ess(dataset, method="bulk")["x"].values
+        table["ESS_tail"] = az.ess(dataset, method="tail")["x"].values
+    return table
+
+
+def stack_draws(posterior: xr.Dataset, name: str) -> np.ndarray:
+    """Draws of a variable as an array of shape (chain, draw, ...)."""
+    return np.asarray(posterior[name].transpose("chain", "draw", ...).values)
+
+
+def coefs_table(design: Design, posterior: xr.Dataset, prob: float = 0.95, hdi: bool = False) -> pd.DataFrame:
+    """Fixed effects, one row per term (pymer4's ``coefs``)."""
+    return summarize(stack_draws(posterior, "beta"), pd.Index(design.fixed_terms, name="term"), prob, hdi)
+
+
+def _group_coefficient_draws(design: Design, posterior: xr.Dataset, block: RandomBlock, total: bool) -> np.ndarray:
+    """Draws of the block's group effects, shape (chain, draw, G, k); plus fixed part when ``total``."""
+    draws = stack_draws(posterior, var_names(block)["ranef"]).copy()  # never write into the posterior
+    if total:
+        beta = stack_draws(posterior, "beta")
+        for j, term in enumerate(block.terms):
+            if term in design.fixed_terms:
+                draws[..., j] += beta[..., None, design.fixed_terms.index(term)]
+    return draws
+
+
+def ranef_long(
+    design: Design, posterior: xr.Dataset, total: bool = False, prob: float = 0.95, hdi: bool = False
+) -> pd.DataFrame:
+    """Tidy posterior summary of every group effect.
+
+    Parameters
+    ----------
+    total : bool
+        False: deviations from the fixed effects (lme4's ``ranef``); True: group coefficients, fixed
+        plus random (lme4's ``coef``), for the terms that have a group effect.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (factor, level, term), columns ``factor``, ``level``, ``term`` and those of
+        :func:`summarize` (without R-hat and ESS, which matter for the hyperparameters).
+    """
+    frames = []
+    for block in design.blocks:
+        draws = _group_coefficient_draws(design, posterior, block, total)
+        chains, n_draws, G, k = draws.shape
+        index = pd.MultiIndex.from_product([list(block.levels), list(block.terms)], names=["level", "term"])
+        table = summarize(draws.reshape(chains, n_draws, G * k), index, prob, hdi, diagnostics=False)
+        frames.append(table.reset_index().assign(factor=block.factor))
+    long = pd.concat(frames, ignore_index=True)
+    return long[["factor", "level", "term"] + [c for c in long.columns if c not in ("factor", "level", "term")]]
+
+
+def wide_by_factor(design: Design, posterior: xr.Dataset, total: bool) -> pd.DataFrame | dict[str, pd.DataFrame]:
+    """Posterior means per level, one column per term (pymer4's ``ranef`` / ``fixef``).
+
+    With ``total`` every fixed term is a column (fixed terms without a group effect repeat the
+    fixed estimate), as lme4's ``coef()``. Blocks on one factor are merged. A dict keyed by factor when
+    the model has several grouping factors.
+    """
+    beta_mean = stack_draws(posterior, "beta").mean(axis=(0, 1))
+    tables = {}
+    for factor, levels in design.factors.items():
+        frame = pd.DataFrame(index=pd.Index(levels, name=factor))
+        if total:
+            for j, term in enumerate(design.fixed_terms):
+                frame[term] = beta_mean[j]
+        for block in design.blocks_of(factor):
+            means = _group_coefficient_draws(design, posterior, block, total).mean(axis=(0, 1))
+            for j, term in enumerate(block.terms):
+                frame[term] = means[:, j] + (frame[term].to_numpy() if term in frame and not total else 0.0)
+        tables[factor] = frame
+    return tables if len(tables) > 1 else next(iter(tables.values()))
+
+
+def ranef_var_table(design: Design, posterior: xr.Dataset, prob: float = 0.95) -> pd.DataFrame:
+    """Variance components: one row per group term, ``Residual`` last (pymer4's ``ranef_var``).
+
+    ``Std`` is the posterior median of the standard deviation and ``Var`` its square (the median of the
+    variance): medians, because the posteriors of variance components are skewed.
+    """
+    rows, names, draws = [], [], []
+    for block in design.blocks:
+        sd = stack_draws(posterior, var_names(block)["sd"])
+        for j, term in enumerate(block.terms):
+            rows.append(block.factor)
+            names.append(term)
+            draws.append(sd[..., j])
+    if "sigma" in posterior:
+        rows.append("Residual")
+        names.append("")
+        draws.append(stack_draws(posterior, "sigma"))
+    return _median_table(np.stack(draws, axis=-1), pd.Index(rows, name="group"), prob, Name=names, value="Std")
+
+
+def ranef_corr_table(design: Design, posterior: xr.Dataset, prob: float = 0.95) -> pd.DataFrame | None:
+    """Correlations within blocks, one row per pair (pymer4's ``ranef_corr``); None when there are none."""
+    rows, first, second, draws = [], [], [], []
+    for block in design.blocks:
+        if block.n_terms < 2:
+            continue
+        corr = stack_draws(posterior, var_names(block)["corr"])
+        for i in range(block.n_terms):
+            for j in range(i):
+                rows.append(block.factor)
+                first.append(block.terms[j])
+                second.append(block.terms[i])
+                draws.append(corr[..., i, j])
+    if not rows:
+        return None
+    return _median_table(
+        np.stack(draws, axis=-1), pd.Index(rows, name="group"), prob, IV1=first, IV2=second, value="Corr"
+    )
+
+
+def _median_table(draws: np.ndarray, index: pd.Index, prob: float, value: str, **labels) -> pd.DataFrame:
+    flat = draws.reshape(-1, draws.shape[-1])
+    low, high = interval_columns(prob)
+    lower, median, upper = np.quantile(flat, [(1 - prob) / 2, 0.5, (1 + prob) / 2], axis=0)
+    table = pd.DataFrame(labels, index=index)
+    if value == "Std":
+        table["Var"] = median**2
+    table[value] = median
+    table[low] = lower
+    table[high] = upper
+    return table
+
+
+def linear_predictor(design: Design, posterior: xr.Dataset, draw_slice: slice | None = None) -> np.ndarray:
+    """Linear predictor ``X beta + sum Z ranef`` for posterior draws.
+
+    Parameters
+    ----------
+    draw_slice : slice, optional
+        Which of the flattened (chain x draw) draws to use; all by default.
+
+    Returns
+    -------
+    ndarray, shape (draws, n)
+    """
+    select = draw_slice or slice(None)
+    beta = stack_draws(posterior, "beta").reshape(-1, len(design.fixed_terms))[select]
+    eta = beta @ design.X.T
+    for block in design.blocks:
+        ranef = stack_draws(posterior, var_names(block)["ranef"])
+        ranef = ranef.reshape(-1, block.n_levels, block.n_terms)[select]
+        eta += np.einsum("snk,nk->sn", ranef[:, block.group_index, :], block.Z)
+    return eta
+
+
+def posterior_mean_fit(design: Design, posterior: xr.Dataset) -> np.ndarray:
+    """Posterior mean of the linear predictor, shape (n,): exact by linearity from posterior means."""
+    eta = design.X @ stack_draws(posterior, "beta").mean(axis=(0, 1))
+    for block in design.blocks:
+        ranef = stack_draws(posterior, var_names(block)["ranef"]).mean(axis=(0, 1))
+        eta += np.einsum("nk,nk->n", ranef[block.group_index], block.Z)
+    return eta
