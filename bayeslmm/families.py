@@ -49,6 +49,10 @@ class Family:
         """Map the linear predictor to the mean of the response."""
         raise NotImplementedError
 
+    def random(self, mu: np.ndarray, aux: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """Replicated responses, shape ``mu.shape`` (draws, n), for posterior predictive checks."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class Gaussian(Family):
@@ -66,6 +70,9 @@ class Gaussian(Family):
 
     def inverse_link(self, eta: np.ndarray) -> np.ndarray:
         return eta
+
+    def random(self, mu: np.ndarray, aux: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        return rng.normal(mu, aux["sigma"][..., None])
 
 
 _FAMILIES = {"gaussian": Gaussian()}

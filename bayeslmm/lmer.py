@@ -209,6 +209,11 @@ class Lmer:
         frame["residuals"] = self._design.y - frame["fits"].to_numpy()
         return frame
 
+    def posterior_predictive(self, n_draws: int | None = 500, random_seed: int | None = None) -> np.ndarray:
+        """Replicated responses from the posterior predictive distribution, shape (n_draws, n_obs)."""
+        self._require_fit("posterior_predictive")
+        return results.posterior_predictive(self._design, self.posterior, self.family, n_draws, random_seed)
+
     @property
     def design_matrix(self) -> pd.DataFrame:
         """Fixed-effects model matrix, one column per term, indexed as the data."""

@@ -25,6 +25,8 @@ __all__ = [
     "ranef_corr_table",
     "linear_predictor",
     "stack_draws",
+    "posterior_mean_fit",
+    "posterior_predictive",
 ]
 
 
@@ -236,3 +238,25 @@ def posterior_mean_fit(design: Design, posterior: xr.Dataset) -> np.ndarray:
         ranef = stack_draws(posterior, var_names(block)["ranef"]).mean(axis=(0, 1))
         eta += np.einsum("nk,nk->n", ranef[block.group_index], block.Z)
     return eta
+
+
+def posterior_predictive(
+    design: Design, posterior: xr.Dataset, family, n_draws: int | None = None, random_seed: int | None = None
+) -> np.ndarray:
+    """Replicated data sets from the posterior predictive distribution.
+
+    Parameters
+    ----------
+    family : Family
+    n_draws : int, optional
+        How many posterior draws to use (evenly thinned); all by default.
+
+    Returns
+    -------
+    ndarray, shape (n_draws, n)
+    """
+    total = posterior.sizes["chain"] * posterior.sizes["draw"]
+    chosen = np.linspace(0, total - 1, min(n_draws or total, total)).astype(int)
+    mu = family.inverse_link(linear_predictor(design, posterior)[chosen])
+    aux = {name: stack_draws(posterior, name).reshape(-1)[chosen] for name in family.aux}
+    return family.random(mu, aux, np.random.default_rng(random_seed))
