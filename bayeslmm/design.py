@@ -230,7 +230,9 @@ def _drop_incomplete(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFr
 
 def _evaluate(expression: str, frame: pd.DataFrame, what: str):
     try:
-        return formulae.design_matrices(expression, frame, na_action="error")
+        # log(0) and the like become -inf here; the finiteness checks afterwards report them clearly
+        with np.errstate(all="ignore"):
+            return formulae.design_matrices(expression, frame, na_action="error")
     except (DataError, FormulaError):
         raise
     except Exception as exc:
@@ -291,7 +293,7 @@ def _index_factor(factor: str, frame: pd.DataFrame) -> tuple[np.ndarray, pd.Inde
     levels = pd.Index(levels, name=factor)
     if len(levels) < 2:
         raise DataError(
-            f"grouping factor {factor!r} has a single level ({levels[0]!r}); a random effect needs "
+            f"grouping factor {factor!r} has a single level ({levels[0]}); a random effect needs "
             "at least two groups (ideally five or more); drop the term or model it as a fixed effect"
         )
     return np.asarray(codes, dtype=np.int64), levels

@@ -1,0 +1,41 @@
+"""Shared fixtures: each model is fitted once per test session and shared by every test that reads it."""
+
+from __future__ import annotations
+
+import warnings
+
+import pandas as pd
+import pytest
+
+from bayeslmm import Lmer, load_dataset
+
+
+
+@pytest.fixture(scope="session")
+def sleep() -> pd.DataFrame:
+    return load_dataset("sleepstudy")
+
+
+def _fit(formula: str, data: pd.DataFrame, **kwargs) -> Lmer:
+    model = Lmer(formula, data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(**kwargs)
+    return model
+
+
+@pytest.fixture(scope="session")
+def sleep_corr(sleep) -> Lmer:
+    """``(Days | Subject)`` with the default sampler settings (4 chains x 1000 + 1000)."""
+    return _fit("Reaction ~ Days + (Days | Subject)", sleep, random_seed=11)
+
+
+@pytest.fixture(scope="session")
+def fit_model():
+    """Fit a model with small settings: 2 chains x 500 draws after 500 tuning steps."""
+
+    def fit(formula: str, data: pd.DataFrame, **kwargs) -> Lmer:
+        settings = {"draws": 500, "tune": 500, "chains": 2, "random_seed": 3} | kwargs
+        return _fit(formula, data, **settings)
+
+    return fit
