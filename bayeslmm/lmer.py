@@ -15,6 +15,7 @@ from bayeslmm.design import Design, build_design
 from bayeslmm.errors import ConvergenceWarning, NotFittedError
 from bayeslmm.families import Family, get_family
 from bayeslmm.formula import parse_formula
+from bayeslmm.frequentist import FrequentistResult, fit_frequentist
 from bayeslmm.inference import SamplerSettings, check_diagnostics, sample
 from bayeslmm.model import build_model, var_names
 from bayeslmm.priors import ModelPriors, default_priors
@@ -59,6 +60,7 @@ class Lmer:
         self.idata: xr.DataTree | None = None
         self.sampler: SamplerSettings | None = None
         self.warnings: list[str] = []
+        self.frequentist: FrequentistResult | None = None
 
     # ----------------------------------------------------------------------------------- fitting
     def fit(
@@ -112,6 +114,18 @@ class Lmer:
         if summarize:
             print(self.summary())
         return self.coefs
+
+    def fit_frequentist(self, REML: bool = True) -> FrequentistResult:
+        """Fit the same model by REML (default) or ML, as lme4 does, and keep it as :attr:`frequentist`.
+
+        Returns
+        -------
+        FrequentistResult
+            With ``coefs`` (Estimate, SE, 2.5_ci, 97.5_ci, DF, T-stat, P-val; Satterthwaite DF),
+            ``ranef_var``, ``ranef_corr``, ``ranef`` (BLUPs), ``fixef``, ``logLike``, ``AIC``, ``BIC``.
+        """
+        self.frequentist = fit_frequentist(self._design, REML=REML)
+        return self.frequentist
 
     def _kept_variables(self) -> list[str]:
         names = ["beta"] + list(self.family.aux)
