@@ -81,16 +81,19 @@ def sample(
     """
     options.setdefault("nuts_sampler", default_sampler())
     start = time.perf_counter()
-    idata = pm.sample(
-        model=model,
-        draws=draws,
-        tune=tune,
-        chains=chains,
-        random_seed=random_seed,
-        progressbar=progressbar,
-        compute_convergence_checks=False,
-        **options,
-    )
+    with warnings.catch_warnings():
+        # PyTensor's advice about BLAS concerns its C backend; nutpie compiles with numba instead
+        warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS")
+        idata = pm.sample(
+            model=model,
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            random_seed=random_seed,
+            progressbar=progressbar,
+            compute_convergence_checks=False,
+            **options,
+        )
     seconds = time.perf_counter() - start
     posterior = idata["posterior"].to_dataset()[keep]
     tree = xr.DataTree.from_dict(

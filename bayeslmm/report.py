@@ -25,6 +25,10 @@ def short_repr(model: "Lmer") -> str:
 
 
 def _table(frame: pd.DataFrame, digits: int = 3) -> str:
+    frame = frame.copy()
+    for column in ("ESS_bulk", "ESS_tail"):
+        if column in frame:
+            frame[column] = frame[column].round().astype(int)
     return frame.to_string(float_format=lambda value: f"{value:.{digits}f}")
 
 
