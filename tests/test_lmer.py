@@ -284,3 +284,16 @@ def test_bad_priors(sleep, priors, message):
 def test_unknown_distribution():
     with pytest.raises(PriorError, match="'Normall' is not a PyMC distribution"):
         Prior("Normall", mu=0, sigma=1)
+
+
+def test_block_with_two_slopes_has_three_correlations(fit_model, sleep):
+    data = sleep.assign(late=(sleep.Days > 4).astype(float))
+    model = fit_model("Reaction ~ Days + late + (1 + Days + late | Subject)", data, draws=300, tune=300)
+    pairs = list(zip(model.ranef_corr.IV1, model.ranef_corr.IV2))
+    assert pairs == [("(Intercept)", "Days"), ("(Intercept)", "late"), ("Days", "late")]
+    assert model.posterior["corr_Subject"].shape[-2:] == (3, 3)
+    assert model.ranef.shape == (18, 3) and list(model.ranef_var.Name) == ["(Intercept)", "Days", "late", ""]
+    # the posterior correlation matrices are valid: symmetric with unit diagonal
+    corr = model.posterior["corr_Subject"].values
+    np.testing.assert_allclose(corr, np.swapaxes(corr, -1, -2), atol=1e-12)
+    np.testing.assert_allclose(np.diagonal(corr, axis1=-2, axis2=-1), 1.0, atol=1e-12)
