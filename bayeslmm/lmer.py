@@ -16,7 +16,7 @@ from bayeslmm.errors import ConvergenceWarning, NotFittedError
 from bayeslmm.families import Family, get_family
 from bayeslmm.formula import parse_formula
 from bayeslmm.frequentist import FrequentistResult, fit_frequentist
-from bayeslmm.inference import SamplerSettings, check_diagnostics, sample
+from bayeslmm.inference import SamplerSettings, check_diagnostics, default_sampler, sample
 from bayeslmm.model import build_model, var_names
 from bayeslmm.priors import ModelPriors, default_priors
 
@@ -71,6 +71,7 @@ class Lmer:
         random_seed: int | None = None,
         summarize: bool = False,
         progressbar: bool = False,
+        marginalize: bool | None = None,
         **sampler_options: Any,
     ) -> pd.DataFrame:
         """Sample the posterior with NUTS.
@@ -84,8 +85,17 @@ class Lmer:
         summarize : bool
             Print :meth:`summary` afterwards.
         progressbar : bool
+        marginalize : bool, optional
+            How to sample. ``None`` (default) chooses: gaussian models the collapsed sampler of
+            :mod:`bayeslmm.marginal` supports (Normal fixed-effect priors, moderate numbers of group
+            effects) integrate the fixed and group effects out exactly, sample only the variance
+            parameters, and draw the effects from their exact conditional (no compilation, about 10x
+            faster); every other model samples the full PyMC model. ``False`` forces the full model;
+            ``True`` requires the collapsed sampler and raises if it does not apply. Both sample the
+            same posterior.
         **sampler_options
-            Passed to :func:`pymc.sample`, e.g. ``target_accept=0.95`` or ``nuts_sampler="pymc"``.
+            Passed to the sampler, e.g. ``target_accept=0.95``; ``nuts_sampler="pymc"`` uses PyMC's
+            own NUTS on the full model.
 
         Returns
         -------
@@ -96,17 +106,16 @@ class Lmer:
             if not isinstance(value, int | np.integer) or value < (0 if name == "tune" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self._clear_cache()
-        model = build_model(self._design, self._priors, self.family)
-        self.idata, self.sampler = sample(
-            model,
-            draws=draws,
-            tune=tune,
-            chains=chains,
-            random_seed=random_seed,
-            keep=self._kept_variables(),
-            progressbar=progressbar,
-            **sampler_options,
-        )
+        settings = dict(draws=draws, tune=tune, chains=chains, random_seed=random_seed, keep=self._kept_variables())
+        if self._uses_marginal_path(marginalize, sampler_options):
+            from bayeslmm import marginal  # loads numba kernels: only when needed
+
+            self.idata, self.sampler = marginal.sample_marginal(
+                self._design, self._priors, progressbar=progressbar, **settings, **sampler_options
+            )
+        else:
+            model = build_model(self._design, self._priors, self.family)
+            self.idata, self.sampler = sample(model, progressbar=progressbar, **settings, **sampler_options)
         self._add_log_likelihood()
         self.warnings = check_diagnostics(self.idata, self._hyperparameters())
         for message in self.warnings:
@@ -114,6 +123,26 @@ class Lmer:
         if summarize:
             print(self.summary())
         return self.coefs
+
+    def _uses_marginal_path(self, marginalize: bool | None, sampler_options: dict) -> bool:
+        """Whether to use the exact collapsed sampler of :mod:`bayeslmm.marginal` (see :meth:`fit`)."""
+        if marginalize is False:
+            return False
+        from bayeslmm import marginal
+
+        possible = (
+            sampler_options.get("nuts_sampler", "nutpie") == "nutpie"
+            and default_sampler() == "nutpie"
+            and marginal.supports(self._design, self._priors, self.family)
+        )
+        if marginalize and not possible:
+            raise ValueError(
+                "marginalize=True: the collapsed sampler needs a gaussian family, Normal priors on the "
+                "fixed effects, nutpie, and at most "
+                f"{marginal.MAX_DENSE} fixed effects plus group effects outside the largest block; "
+                "use marginalize=None to fall back to the full model automatically"
+            )
+        return possible
 
     def fit_frequentist(self, REML: bool = True) -> FrequentistResult:
         """Fit the same model by REML (default) or ML, as lme4 does, and keep it as :attr:`frequentist`.

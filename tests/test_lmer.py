@@ -297,3 +297,16 @@ def test_block_with_two_slopes_has_three_correlations(fit_model, sleep):
     corr = model.posterior["corr_Subject"].values
     np.testing.assert_allclose(corr, np.swapaxes(corr, -1, -2), atol=1e-12)
     np.testing.assert_allclose(np.diagonal(corr, axis1=-2, axis2=-1), 1.0, atol=1e-12)
+
+
+def test_sampling_path_choice(fit_model, sleep):
+    fast = fit_model("Reaction ~ Days + (1 | Subject)", sleep, draws=100, tune=100)
+    assert fast.sampler.sampler == "nutpie, marginal"
+    full = fit_model("Reaction ~ Days + (1 | Subject)", sleep, draws=100, tune=100, marginalize=False)
+    assert full.sampler.sampler == "nutpie"
+    # a non-Normal fixed-effect prior is not conjugate: the full model is used, or refused on request
+    heavy = {"Days": Prior("StudentT", nu=3, mu=0, sigma=10)}
+    model = Lmer("Reaction ~ Days + (1 | Subject)", sleep, priors=heavy)
+    with pytest.raises(ValueError, match="marginalize=True: the collapsed sampler needs"):
+        model.fit(marginalize=True)
+    assert not model._uses_marginal_path(None, {})

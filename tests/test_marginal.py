@@ -1,0 +1,201 @@
+"""The marginal (collapsed) Gaussian path: exact density, gradient, and agreement with the PyMC model."""
+
+from __future__ import annotations
+
+import warnings
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bayeslmm import load_dataset, marginal
+from bayeslmm.design import build_design
+from bayeslmm.families import get_family
+from bayeslmm.formula import parse_formula
+from bayeslmm.priors import Prior, default_priors
+
+GAUSSIAN = get_family("gaussian")
+
+
+def _design(formula, data, user=None):
+    design = build_design(parse_formula(formula), data)
+    return design, default_priors(design, user)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    rng = np.random.default_rng(3)
+    n = 48
+    frame = pd.DataFrame(
+        {
+            "x": rng.normal(size=n),
+            "w": rng.normal(size=n),
+            "g": rng.integers(0, 5, n).astype(str),
+            "h": rng.integers(0, 4, n).astype(str),
+        }
+    )
+    frame["y"] = 1.0 + frame.x + rng.normal(size=n)
+    return frame
+
+
+def _scipy_positive(prior: Prior, x: float) -> float:
+    """Reference log density of a positive prior, from SciPy."""
+    q = prior.params
+    if prior.distribution == "HalfNormal":
+        return stats.halfnorm(scale=q["sigma"]).logpdf(x)
+    if prior.distribution == "HalfStudentT":
+        return stats.t(df=q["nu"], scale=q["sigma"]).logpdf(x) + np.log(2)
+    if prior.distribution == "Exponential":
+        return stats.expon(scale=1 / q["lam"]).logpdf(x)
+    if prior.distribution == "Gamma":
+        return stats.gamma(q["alpha"], scale=1 / q["beta"]).logpdf(x)
+    raise AssertionError(prior)
+
+
+def _free_corr(packed, design, x, block_index, off, k):
+    """Strict lower triangle of the correlation matrix as a function of the block's parameters."""
+    block = design.blocks[block_index]
+    corr = marginal.unpack_theta(packed, design, x)[f"corr_{block.name}"]
+    return corr[np.tril_indices(k, -1)]
+
+
+def _brute_log_density(packed, design, priors, x):
+    """Dense N(Xc m, sigma^2 I + U D U') likelihood + SciPy priors + numeric Jacobians."""
+    hyper = marginal.unpack_theta(packed, design, x)
+    Xc = design.X - packed.means
+    V = hyper["sigma"] ** 2 * np.eye(design.n_obs) + Xc @ np.diag(1 / packed.floats[5]) @ Xc.T
+    logp = _scipy_positive(priors.sigma, hyper["sigma"]) + x[0]
+    for j, (block, off) in enumerate(zip(design.blocks, packed.x_offsets)):
+        k = block.n_terms
+        sd = hyper[f"sd_{block.name}"]
+        corr = hyper[f"corr_{block.name}"] if k > 1 else np.eye(1)
+        Z = marginal._block_matrix(block).toarray()
+        V += Z @ np.kron(np.eye(block.n_levels), np.outer(sd, sd) * corr) @ Z.T
+        for t, term in enumerate(block.terms):
+            logp += _scipy_positive(priors.group_sd[block.name][term], sd[t]) + x[off + t]
+        if k > 1:
+            # LKJ: det(R)^(eta - 1) on the free correlations; Jacobian of y -> free correlations numerically
+            m = k * (k - 1) // 2
+            jac = np.empty((m, m))
+            for i in range(m):
+                step = np.zeros_like(x)
+                step[off + k + i] = 1e-6
+                jac[:, i] = (
+                    _free_corr(packed, design, x + step, j, off, k) - _free_corr(packed, design, x - step, j, off, k)
+                ) / 2e-6
+            logp += (priors.eta[block.name] - 1) * np.linalg.slogdet(corr)[1] + np.linalg.slogdet(jac)[1]
+    return logp + stats.multivariate_normal(Xc @ packed.prior_mean, V).logpdf(design.y)
+
+
+@pytest.mark.parametrize(
+    "formula",
+    [
+        "y ~ x + (x | g)",  # correlated 2-term block
+        "y ~ x + (1 | g) + (1 | h)",  # crossed factors
+        "y ~ x + w + (x + w | g) + (1 | h)",  # 3-term block, crossed
+        "y ~ x + (x || g)",  # two blocks on one factor
+        "y ~ 0 + x + (1 | g)",  # no intercept: no centring
+    ],
+)
+def test_density_and_gradient(toy, formula):
+    user = {"sigma": Prior("Gamma", alpha=2.0, beta=1.0), "eta": 2.0} if "w" in formula else None
+    if formula.startswith("y ~ x + (1"):
+        user = {"1|g": Prior("Exponential", lam=0.5)}
+    design, priors = _design(formula, toy, user)
+    assert marginal.supports(design, priors, GAUSSIAN)
+    packed = marginal.pack(design, priors)
+    rng = np.random.default_rng(0)
+    points = [rng.normal(scale=0.7, size=packed.n_dim) for _ in range(3)]
+    # the kernel drops constants of the priors: compare differences between points
+    kernel = np.array([packed.logp(x) for x in points])
+    brute = np.array([_brute_log_density(packed, design, priors, x) for x in points])
+    np.testing.assert_allclose(kernel - kernel[0], brute - brute[0], atol=1e-6)
+    for x in points:
+        value, grad = packed.logp_grad(x)
+        assert value == pytest.approx(packed.logp(x))
+        eye = np.eye(packed.n_dim) * 1e-6
+        numeric = [(packed.logp(x + h) - packed.logp(x - h)) / 2e-6 for h in eye]
+        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
+
+
+def test_conditional_draws_match_gls(toy):
+    """Mean of the conditional draws at fixed theta = the GLS / BLUP solution."""
+    design, priors = _design("y ~ x + (x | g)", toy)
+    packed = marginal.pack(design, priors)
+    x = np.array([0.1, 0.2, -0.5, 0.3])
+    theta = np.tile(x, (1, 4000, 1))
+    post = marginal.posterior_from_theta(packed, design, theta, np.random.default_rng(1))
+    hyper = marginal.unpack_theta(packed, design, x)
+    sd, corr = hyper["sd_g"], hyper["corr_g"]
+    Xc = design.X - packed.means
+    Z = marginal._block_matrix(design.blocks[0]).toarray()
+    U = np.hstack([Xc, Z])
+    Dinv = np.zeros((U.shape[1], U.shape[1]))
+    Dinv[:2, :2] = np.diag(packed.floats[5])
+    Dinv[2:, 2:] = np.kron(np.eye(design.blocks[0].n_levels), np.linalg.inv(np.outer(sd, sd) * corr))
+    M = Dinv + U.T @ U / hyper["sigma"] ** 2
+    mean = np.linalg.solve(M, U.T @ (design.y - Xc @ packed.prior_mean) / hyper["sigma"] ** 2)
+    beta_c = mean[:2] + packed.prior_mean
+    beta = beta_c.copy()
+    beta[0] -= beta_c @ packed.means
+    se = np.sqrt(np.diag(np.linalg.inv(M)) / 4000)
+    np.testing.assert_array_less(np.abs(post["beta"].values[0].mean(0) - beta), 5 * se[:2] + 1e-9)
+    ranef = post["ranef_g"].values[0].mean(0).reshape(-1)
+    np.testing.assert_array_less(np.abs(ranef - mean[2:]), 5 * se[2:])
+
+
+@pytest.fixture(scope="module")
+def sleepstudy():
+    return load_dataset("sleepstudy")
+
+
+def test_agrees_with_pymc_model(sleepstudy):
+    from bayeslmm.inference import sample
+    from bayeslmm.model import build_model
+
+    design, priors = _design("Reaction ~ Days + (Days | Subject)", sleepstudy)
+    keep = ["beta", "sigma", "sd_Subject", "corr_Subject", "ranef_Subject"]
+    fast, settings = marginal.sample_marginal(design, priors, draws=1000, tune=1000, chains=4, random_seed=11, keep=keep)
+    assert settings.sampler == "nutpie, marginal"
+    slow, _ = sample(build_model(design, priors, GAUSSIAN), draws=1000, tune=1000, chains=4, random_seed=12, keep=keep)
+    a, b = fast["posterior"].to_dataset(), slow["posterior"].to_dataset()
+    for name in keep:
+        assert a[name].dims == b[name].dims
+        for dim in a[name].dims:
+            assert list(a[name][dim].values) == list(b[name][dim].values)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for name in ["beta", "sigma", "sd_Subject", "corr_Subject", "ranef_Subject"]:
+            se = np.sqrt(az.mcse(a[[name]])[name].values ** 2 + az.mcse(b[[name]])[name].values ** 2)
+            diff = np.abs(a[name].mean(("chain", "draw")).values - b[name].mean(("chain", "draw")).values)
+            ok = np.isnan(se) | (diff <= 4.5 * se)
+            assert ok.all(), (name, diff, se)
+    ess_fast = az.ess(a[["sd_Subject", "sigma"]], method="bulk")
+    assert float(ess_fast["sd_Subject"].min()) > 1000
+
+
+@pytest.mark.parametrize(
+    "formula",
+    ["Reaction ~ Days + (1 | Subject)", "Reaction ~ Days + (Days | Subject)", "Reaction ~ Days + (Days || Subject)", "Reaction ~ Days + (0 + Days | Subject)"],
+)
+def test_no_divergences_and_reproducible(sleepstudy, formula):
+    design, priors = _design(formula, sleepstudy)
+    tree, _ = marginal.sample_marginal(design, priors, draws=500, tune=500, chains=2, random_seed=5)
+    assert not bool(tree["sample_stats"]["diverging"].any())
+    assert tree["sample_stats"]["diverging"].dims == ("chain", "draw")
+    assert tree["observed_data"]["y"].dims == ("obs",)
+    again, _ = marginal.sample_marginal(design, priors, draws=500, tune=500, chains=2, random_seed=5)
+    xr_equal = tree["posterior"].to_dataset().equals(again["posterior"].to_dataset())
+    assert xr_equal
+
+
+def test_supports():
+    frame = load_dataset("sleepstudy")
+    design, priors = _design("Reaction ~ Days + (Days | Subject)", frame)
+    assert marginal.supports(design, priors, GAUSSIAN)
+    _, student = _design("Reaction ~ Days + (Days | Subject)", frame, {"Days": Prior("StudentT", nu=3, mu=0, sigma=10)})
+    assert not marginal.supports(design, student, GAUSSIAN)
+    _, odd = _design("Reaction ~ Days + (Days | Subject)", frame, {"sigma": Prior("HalfStudentT", nu=3, lam=2.0, sigma=1.0)})
+    assert not marginal.supports(design, odd, GAUSSIAN)
