@@ -5,6 +5,7 @@ The pipeline, one module per stage: :mod:`~bayeslmm.formula` (lme4 syntax) ->
 :mod:`~bayeslmm.inference` (NUTS and diagnostics) -> :mod:`~bayeslmm.results` (tables).
 """
 
+from bayeslmm.comparison import compare, lrt
 from bayeslmm.datasets import list_datasets, load_dataset, simulate_simpson
 from bayeslmm.errors import (
     BayeslmmError,
@@ -12,17 +13,23 @@ from bayeslmm.errors import (
     DataError,
     FormulaError,
     NotFittedError,
+    ParetoKWarning,
     PriorError,
     UnsupportedSyntaxError,
 )
 from bayeslmm.lmer import Lmer
+from bayeslmm.pooling import Lm, Lm2
 from bayeslmm.priors import Prior
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Lmer",
+    "Lm",
+    "Lm2",
     "Prior",
+    "lrt",
+    "compare",
     "load_dataset",
     "list_datasets",
     "simulate_simpson",
@@ -31,6 +38,7 @@ __all__ = [
     "DataError",
     "FormulaError",
     "NotFittedError",
+    "ParetoKWarning",
     "PriorError",
     "UnsupportedSyntaxError",
 ]

@@ -14,6 +14,7 @@ __all__ = [
     "PriorError",
     "NotFittedError",
     "ConvergenceWarning",
+    "ParetoKWarning",
 ]
 
 
@@ -43,3 +44,7 @@ class NotFittedError(BayeslmmError, RuntimeError):
 
 class ConvergenceWarning(UserWarning):
     """The sampler reported divergences, high R-hat or low effective sample size."""
+
+
+class ParetoKWarning(UserWarning):
+    """PSIS-LOO is unreliable for some observations (Pareto k above 0.7): refit them or use K-fold."""

@@ -41,6 +41,10 @@ class Family:
         """Add the observed variable ``y`` with mean ``mu`` to the PyMC model in context."""
         raise NotImplementedError
 
+    def pointwise_logp(self, mu, aux: dict, y: np.ndarray):
+        """Elementwise log-density of ``y`` as a tensor of the model's variables, shape (n,)."""
+        raise NotImplementedError
+
     def log_likelihood(self, y: np.ndarray, mu: np.ndarray, aux: dict[str, np.ndarray]) -> np.ndarray:
         """Pointwise log-likelihood, shape ``mu.shape`` (draws, n); ``aux`` values have shape (draws,)."""
         raise NotImplementedError
@@ -64,6 +68,9 @@ class Gaussian(Family):
 
     def add_likelihood(self, mu, aux: dict, y: np.ndarray) -> None:
         pm.Normal("y", mu=mu, sigma=aux["sigma"], observed=y, dims="obs")
+
+    def pointwise_logp(self, mu, aux: dict, y: np.ndarray):
+        return pm.logp(pm.Normal.dist(mu=mu, sigma=aux["sigma"]), y)
 
     def log_likelihood(self, y: np.ndarray, mu: np.ndarray, aux: dict[str, np.ndarray]) -> np.ndarray:
         return stats.norm.logpdf(y, loc=mu, scale=aux["sigma"][..., None])

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayeslmm import report, results
+from bayeslmm import comparison, report, results
 from bayeslmm.design import Design, build_design
 from bayeslmm.errors import ConvergenceWarning, NotFittedError
 from bayeslmm.families import Family, get_family
@@ -156,6 +156,36 @@ class Lmer:
         self.frequentist = fit_frequentist(self._design, REML=REML)
         return self.frequentist
 
+    def compare_group_estimates(self, factor: str | None = None, prob: float = 0.95, REML: bool = True) -> pd.DataFrame:
+        """Per-group coefficients under no, partial (frequentist and Bayesian) and complete pooling.
+
+        One tidy row per (level, term); see :func:`bayeslmm.pooling.compare_group_estimates`.
+        """
+        from bayeslmm.pooling import compare_group_estimates  # pooling imports Lmer
+
+        return compare_group_estimates(self, factor=factor, prob=prob, REML=REML)
+
+    def compare_fixed_effects(self, prob: float = 0.95, REML: bool = True) -> pd.DataFrame:
+        """Fixed effects of the (RE)ML fit next to their posterior summaries.
+
+        See :func:`bayeslmm.pooling.compare_fixed_effects`.
+        """
+        from bayeslmm.pooling import compare_fixed_effects
+
+        return compare_fixed_effects(self, prob=prob, REML=REML)
+
+    def compare_variance_components(
+        self, prob: float = 0.95, REML: bool = True, n_boot: int = 0, random_seed: int | None = None
+    ) -> pd.DataFrame:
+        """Random-effect SDs and correlations: (RE)ML estimate next to the posterior median and interval.
+
+        ``n_boot > 0`` adds a parametric-bootstrap interval for the (RE)ML estimates; see
+        :func:`bayeslmm.pooling.compare_variance_components`.
+        """
+        from bayeslmm.pooling import compare_variance_components
+
+        return compare_variance_components(self, prob=prob, REML=REML, n_boot=n_boot, random_seed=random_seed)
+
     def _kept_variables(self) -> list[str]:
         names = ["beta"] + list(self.family.aux)
         for block in self._design.blocks:
@@ -281,6 +311,30 @@ class Lmer:
     def design(self) -> Design:
         """The evaluated design (response, model matrices, group indices)."""
         return self._design
+
+    # ----------------------------------------------------------------------------------- comparison
+    def loo(self, reloo: bool = False, **options: Any):
+        """PSIS-LOO cross-validation (ArviZ); ``reloo=True`` refits exactly where Pareto k > 0.7.
+
+        See :func:`bayeslmm.comparison.loo`.
+        """
+        self._require_fit("loo")
+        return comparison.loo(self, reloo=reloo, **options)
+
+    def waic(self):
+        """WAIC; PSIS-LOO (:meth:`loo`) is preferred. See :func:`bayeslmm.comparison.waic`."""
+        self._require_fit("waic")
+        return comparison.waic(self)
+
+    def r2(self, prob: float = 0.95) -> pd.DataFrame:
+        """Bayesian R-squared, marginal and conditional; see :func:`bayeslmm.comparison.r2`."""
+        self._require_fit("r2")
+        return comparison.r2(self, prob=prob)
+
+    def kfold(self, k: int = 10, **options: Any):
+        """K-fold cross-validation, compiling the model once; see :func:`bayeslmm.comparison.kfold`."""
+        self._require_fit("kfold")
+        return comparison.kfold(self, k, **options)
 
     def summary(self) -> str:
         """R-like summary: formula, data, sampler, random effects, fixed effects, diagnostics."""

@@ -13,6 +13,7 @@ import pandas as pd
 import xarray as xr
 
 from bayeslmm.design import Design, RandomBlock
+from bayeslmm.errors import DataError
 from bayeslmm.model import var_names
 
 __all__ = [
@@ -123,6 +124,7 @@ def ranef_long(
         One row per (factor, level, term), columns ``factor``, ``level``, ``term`` and those of
         :func:`summarize` (without R-hat and ESS, which matter for the hyperparameters).
     """
+    _require_blocks(design)
     frames = []
     for block in design.blocks:
         draws = _group_coefficient_draws(design, posterior, block, total)
@@ -141,6 +143,7 @@ def wide_by_factor(design: Design, posterior: xr.Dataset, total: bool) -> pd.Dat
     fixed estimate), as lme4's ``coef()``. Blocks on one factor are merged. A dict keyed by factor when
     the model has several grouping factors.
     """
+    _require_blocks(design)
     beta_mean = stack_draws(posterior, "beta").mean(axis=(0, 1))
     tables = {}
     for factor, levels in design.factors.items():
@@ -154,6 +157,14 @@ def wide_by_factor(design: Design, posterior: xr.Dataset, total: bool) -> pd.Dat
                 frame[term] = means[:, j] + (frame[term].to_numpy() if term in frame and not total else 0.0)
         tables[factor] = frame
     return tables if len(tables) > 1 else next(iter(tables.values()))
+
+
+def _require_blocks(design: Design) -> None:
+    if not design.blocks:
+        raise DataError(
+            f"formula {design.formula.text!r} has no random-effects terms, so there are no group "
+            "coefficients; use .coefs (bayeslmm.Lm is the complete-pooling model)"
+        )
 
 
 def ranef_var_table(design: Design, posterior: xr.Dataset, prob: float = 0.95) -> pd.DataFrame:
