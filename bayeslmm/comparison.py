@@ -816,6 +816,12 @@ class ModelComparison(pd.DataFrame):
     def __str__(self) -> str:
         return self.to_text()
 
+    def plot(self, ax=None):
+        """elpd with SE bars per model; see :func:`bayeslmm.plots.plot_compare`."""
+        from bayeslmm.plots import plot_compare
+
+        return plot_compare(self, ax=ax)
+
     def _repr_html_(self) -> str:
         import html
 

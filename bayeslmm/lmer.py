@@ -336,6 +336,49 @@ class Lmer:
         self._require_fit("kfold")
         return comparison.kfold(self, k, **options)
 
+    # ----------------------------------------------------------------------------------- plots
+    def plot_group_fits(self, x: str | None = None, group: str | None = None, **options: Any):
+        """One facet per group: data, posterior mean and credible bands; see :func:`bayeslmm.plots.plot_group_fits`."""
+        from bayeslmm import plots  # matplotlib is imported only when a plot is drawn
+
+        return plots.plot_group_fits(self, x, group, **options)
+
+    def plot_shrinkage(self, terms: str | list[str] | None = None, group: str | None = None, **options: Any):
+        """No-pooling -> partial-pooling arrows per group; see :func:`bayeslmm.plots.plot_shrinkage`."""
+        from bayeslmm import plots
+
+        return plots.plot_shrinkage(self, terms, group, **options)
+
+    def plot_caterpillar(self, group: str | None = None, terms: str | list[str] | None = None, **options: Any):
+        """Sorted group effects with intervals, one panel per term; see :func:`bayeslmm.plots.plot_caterpillar`."""
+        from bayeslmm import plots
+
+        return plots.plot_caterpillar(self, group, terms, **options)
+
+    def plot_coefs(self, terms: str | list[str] | None = None, **options: Any):
+        """Fixed-effect posteriors, one row per term; see :func:`bayeslmm.plots.plot_coefs`."""
+        from bayeslmm import plots
+
+        return plots.plot_coefs(self, terms, **options)
+
+    def plot_variance_components(self, **options: Any):
+        """Posterior densities of SDs and correlations; see :func:`bayeslmm.plots.plot_variance_components`."""
+        from bayeslmm import plots
+
+        return plots.plot_variance_components(self, **options)
+
+    def plot_ppc(self, **options: Any):
+        """Posterior predictive check; see :func:`bayeslmm.plots.plot_ppc`."""
+        from bayeslmm import plots
+
+        return plots.plot_ppc(self, **options)
+
+    def plot_prior_posterior(self, params: str | list[str] | None = None, **options: Any):
+        """Prior against posterior per hyperparameter; see :func:`bayeslmm.plots.plot_prior_posterior`."""
+        from bayeslmm import plots
+
+        return plots.plot_prior_posterior(self, params, **options)
+
     def summary(self) -> str:
         """R-like summary: formula, data, sampler, random effects, fixed effects, diagnostics."""
         self._require_fit("summary")

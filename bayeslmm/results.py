@@ -267,7 +267,8 @@ def posterior_predictive(
     ndarray, shape (n_draws, n)
     """
     total = posterior.sizes["chain"] * posterior.sizes["draw"]
-    chosen = np.linspace(0, total - 1, min(n_draws or total, total)).astype(int)
-    mu = family.inverse_link(linear_predictor(design, posterior)[chosen])
+    step = max(total // (n_draws or total), 1)
+    chosen = slice(0, step * min(n_draws or total, total), step)  # evenly thinned, never all draws at once
+    mu = family.inverse_link(linear_predictor(design, posterior, chosen))
     aux = {name: stack_draws(posterior, name).reshape(-1)[chosen] for name in family.aux}
     return family.random(mu, aux, np.random.default_rng(random_seed))
