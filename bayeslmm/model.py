@@ -33,7 +33,7 @@ from bayeslmm.design import INTERCEPT, Design, RandomBlock
 from bayeslmm.families import Family
 from bayeslmm.priors import ModelPriors, Prior
 
-__all__ = ["build_model", "var_names"]
+__all__ = ["build_model", "var_names", "prior_variable"]
 
 
 def var_names(block: RandomBlock) -> dict[str, str]:
@@ -81,7 +81,7 @@ def build_model(design: Design, priors: ModelPriors, family: Family, weighted: b
         eta = _fixed_part(design, priors)
         for block in design.blocks:
             eta = eta + _block_part(block, priors)
-        aux = {"sigma": _rv("sigma", [priors.sigma], dims=None)} if priors.sigma is not None else {}
+        aux = {"sigma": prior_variable("sigma", [priors.sigma], dims=None)} if priors.sigma is not None else {}
         if weighted:
             weight = pm.Data("loglik_weight", np.ones(design.n_obs), dims="obs")
             pm.Potential("weighted_loglik", (weight * family.pointwise_logp(eta, aux, design.y)).sum())
@@ -95,12 +95,12 @@ def _fixed_part(design: Design, priors: ModelPriors):
     X = design.X
     prior_list = [priors.fixed[term] for term in design.fixed_terms]
     if INTERCEPT not in design.fixed_terms or X.shape[1] == 1:
-        beta = _rv("beta", prior_list, dims="fixed_term")
+        beta = prior_variable("beta", prior_list, dims="fixed_term")
         return pt.dot(X, beta)
     intercept = design.fixed_terms.index(INTERCEPT)
     means = X.mean(axis=0)
     means[intercept] = 0.0
-    beta_centered = _rv("beta_centered", prior_list, dims="fixed_term")
+    beta_centered = prior_variable("beta_centered", prior_list, dims="fixed_term")
     shift = pt.dot(means, beta_centered)
     pm.Deterministic("beta", pt.set_subtensor(beta_centered[intercept], beta_centered[intercept] - shift), dims="fixed_term")
     return pt.dot(X - means, beta_centered)
@@ -109,7 +109,7 @@ def _fixed_part(design: Design, priors: ModelPriors):
 def _block_part(block: RandomBlock, priors: ModelPriors):
     """Contribution ``sum_j Z[:, j] * ranef[g[i], j]`` of one block to the linear predictor."""
     names = var_names(block)
-    sd = _rv(names["sd"], [priors.group_sd[block.name][t] for t in block.terms], dims=names["term"])
+    sd = prior_variable(names["sd"], [priors.group_sd[block.name][t] for t in block.terms], dims=names["term"])
     z = pm.Normal(names["z"], 0.0, 1.0, dims=(names["level"], names["term"]))
     if block.n_terms > 1:
         corr_chol = pm.LKJCorr(names["corr_chol"], n=block.n_terms, eta=priors.eta[block.name])
@@ -121,7 +121,7 @@ def _block_part(block: RandomBlock, priors: ModelPriors):
     return (block.Z * ranef[block.group_index]).sum(axis=1)
 
 
-def _rv(name: str, prior_list: list[Prior], dims):
+def prior_variable(name: str, prior_list: list[Prior], dims):
     """One random variable with a (possibly vector) prior.
 
     Elements that share a distribution share one vector variable with stacked parameters; when the

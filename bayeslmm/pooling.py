@@ -55,6 +55,7 @@ from bayeslmm.formula import parse_formula
 from bayeslmm.frequentist import FrequentistResult, fit_frequentist
 from bayeslmm.inference import SamplerSettings, check_diagnostics, sample
 from bayeslmm.lmer import Lmer
+from bayeslmm.model import prior_variable
 from bayeslmm.priors import ModelPriors, Prior, default_priors
 
 __all__ = [
@@ -554,7 +555,7 @@ def _build_lm2_model(
         else:
             beta = _matrix_rv("beta", grid, dims=("group", "fixed_term"), name_as_deterministic=True)
             eta = (X * beta[codes]).sum(axis=1)
-        sigma = _vector_rv("sigma", [group_priors.sigma for group_priors in priors], dims="group")
+        sigma = prior_variable("sigma", [group_priors.sigma for group_priors in priors], dims="group")
         family.add_likelihood(eta, {"sigma": sigma[codes]}, design.y)
     return model
 
@@ -566,14 +567,6 @@ def _group_means(X: np.ndarray, codes: np.ndarray, G: int) -> np.ndarray:
     return sums / np.bincount(codes, minlength=G)[:, None]
 
 
-def _vector_rv(name: str, priors: list[Prior], dims: str):
-    """One vector variable over ``dims`` whose elements have priors of one distribution, stacked params."""
-    (distribution,) = {prior.distribution for prior in priors}
-    keys = sorted(priors[0].params)
-    params = {key: np.array([prior.params[key] for prior in priors], dtype=float) for key in keys}
-    return getattr(pm, distribution)(name, **params, dims=dims)
-
-
 def _matrix_rv(name: str, grid: list[list[Prior]], dims: tuple[str, str], name_as_deterministic: bool = False):
     """A (G, p) variable from a G x p grid of priors: one variable when they share a distribution,
     else one vector per column (``name[term]``) stacked."""
@@ -583,7 +576,7 @@ def _matrix_rv(name: str, grid: list[list[Prior]], dims: tuple[str, str], name_a
         params = {key: np.array([[prior.params[key] for prior in row] for row in grid], dtype=float) for key in keys}
         return getattr(pm, distribution)(name, **params, dims=dims)
     terms = pm.modelcontext(None).coords[dims[1]]
-    columns = [_vector_rv(f"{name}[{term}]", [row[j] for row in grid], dims[0]) for j, term in enumerate(terms)]
+    columns = [prior_variable(f"{name}[{term}]", [row[j] for row in grid], dims[0]) for j, term in enumerate(terms)]
     stacked = pt.stack(columns, axis=1)
     return pm.Deterministic(name, stacked, dims=dims) if name_as_deterministic else stacked
 
