@@ -197,6 +197,7 @@ def _columns_used(formula: ParsedFormula, frame: pd.DataFrame) -> list[str]:
             raise FormulaError(f"cannot parse {expression!r}: {exc}") from None
     for term in formula.random:
         names |= set(term.factor.split(":"))
+    names.discard("")  # formulae lists an empty name for literal-only pieces such as I(x**2)
     unknown = sorted(name for name in names if name not in frame.columns)
     if unknown:
         hints = []

@@ -127,6 +127,11 @@ def parse_formula(formula: str) -> ParsedFormula:
             "'.' (all other columns) is not supported; name the predictors explicitly"
         )
 
+    if re.search(r"(^|[^A-Za-z0-9_.])offset\s*\(", rhs):
+        raise UnsupportedSyntaxError(
+            "offset() is not supported yet: it would be fitted as an ordinary predictor with its own "
+            "coefficient; subtract the offset from the response instead (for a gaussian model the same)"
+        )
     fixed_terms: list[str] = []
     random_terms: list[RandomTerm] = []
     for chunk in _split_top_level(rhs, "+"):

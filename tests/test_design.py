@@ -162,3 +162,9 @@ def test_data_never_modified(sleep):
     with pytest.warns(UserWarning):
         Lmer("Reaction ~ Days + (Days | Subject)", data)
     pd.testing.assert_frame_equal(data, before)
+
+
+def test_literal_expressions(sleep):
+    d = design("Reaction ~ Days + I(Days**2) + (1 | Subject)", sleep)
+    assert d.X.shape == (180, 3)
+    np.testing.assert_allclose(d.X[:, 2], sleep.Days**2)

@@ -75,3 +75,8 @@ def test_unsupported(formula, message):
 def test_not_a_string():
     with pytest.raises(FormulaError, match="must be a string"):
         parse_formula(None)
+
+
+def test_offset_is_refused_not_fitted_as_a_predictor():
+    with pytest.raises(UnsupportedSyntaxError, match="offset\\(\\) is not supported yet"):
+        parse_formula("y ~ x + offset(log(n)) + (1|g)")
