@@ -15,11 +15,13 @@ from bayeslmm.errors import (
     NotFittedError,
     ParetoKWarning,
     PriorError,
+    ResultFileError,
     UnsupportedSyntaxError,
 )
 from bayeslmm.lmer import Lmer
 from bayeslmm.pooling import Lm, Lm2
 from bayeslmm.priors import Prior
+from bayeslmm.storage import load
 
 __version__ = "0.1.0"
 
@@ -28,6 +30,7 @@ __all__ = [
     "Lm",
     "Lm2",
     "Prior",
+    "load",
     "lrt",
     "compare",
     "load_dataset",
@@ -40,5 +43,6 @@ __all__ = [
     "NotFittedError",
     "ParetoKWarning",
     "PriorError",
+    "ResultFileError",
     "UnsupportedSyntaxError",
 ]

@@ -13,6 +13,7 @@ __all__ = [
     "DataError",
     "PriorError",
     "NotFittedError",
+    "ResultFileError",
     "ConvergenceWarning",
     "ParetoKWarning",
 ]
@@ -40,6 +41,10 @@ class PriorError(BayeslmmError, ValueError):
 
 class NotFittedError(BayeslmmError, RuntimeError):
     """A result was requested from a model that has not been fitted yet."""
+
+
+class ResultFileError(BayeslmmError, ValueError):
+    """A path does not hold a bayeslmm result: wrong suffix, another kind of file, or a damaged one."""
 
 
 class ConvergenceWarning(UserWarning):

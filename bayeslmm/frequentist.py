@@ -194,6 +194,12 @@ class FrequentistResult:
             lines += ["", f"Warning: optimizer did not converge ({self.optimizer_message})"]
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:
+        """The summary as preformatted HTML, for Jupyter."""
+        from bayeslmm.report import text_html
+
+        return text_html(self.summary())
+
     def __repr__(self) -> str:
         # The short form of lme4's print(): criterion, random-effect SDs and fixed estimates.
         criterion = "REML criterion" if self.REML else "logLik"

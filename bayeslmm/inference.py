@@ -9,8 +9,11 @@ convergence and singular-fit messages.
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import arviz as az
@@ -18,7 +21,15 @@ import numpy as np
 import pymc as pm
 import xarray as xr
 
-__all__ = ["SamplerSettings", "sample", "check_diagnostics", "RHAT_MAX", "ESS_MIN"]
+__all__ = [
+    "SamplerSettings",
+    "sample",
+    "check_diagnostics",
+    "auto_progressbar",
+    "resolve_progressbar",
+    "RHAT_MAX",
+    "ESS_MIN",
+]
 
 RHAT_MAX = 1.01
 ESS_MIN = 400
@@ -38,8 +49,57 @@ class SamplerSettings:
     def __str__(self) -> str:
         return (
             f"NUTS ({self.sampler}), {self.chains} chains x {self.draws} draws after {self.tune} tuning "
-            f"steps, {self.seconds:.1f} s"
+            f"steps, {self.seconds:.{1 if self.seconds >= 1 else 2}f} s"
         )
+
+
+def auto_progressbar(env: Mapping[str, str], stderr_is_tty: bool, in_jupyter: bool) -> bool:
+    """Whether to show a progress bar when the caller did not say: the rule behind ``progressbar=None``.
+
+    Off under continuous integration (``CI`` set to anything but ``""``, ``"0"``, ``"false"``,
+    ``"no"``), where a bar only fills the log with redraws; otherwise on in a Jupyter kernel or when
+    standard error is a terminal, and off when output goes to a file or a pipe.
+
+    Parameters
+    ----------
+    env : mapping
+        Environment variables (``os.environ``).
+    stderr_is_tty : bool
+        Whether standard error is a terminal.
+    in_jupyter : bool
+        Whether the code runs in a Jupyter (IPython) kernel.
+
+    Examples
+    --------
+    >>> auto_progressbar({"CI": "true"}, stderr_is_tty=True, in_jupyter=False)
+    False
+    >>> auto_progressbar({}, stderr_is_tty=False, in_jupyter=True)
+    True
+    """
+    if env.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        return False
+    return bool(stderr_is_tty or in_jupyter)
+
+
+def resolve_progressbar(progressbar: bool | None) -> bool:
+    """``progressbar`` itself when given, else :func:`auto_progressbar` for this process."""
+    if progressbar is not None:
+        return bool(progressbar)
+    return auto_progressbar(os.environ, _stderr_is_tty(), _in_jupyter())
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
+def _in_jupyter() -> bool:
+    # only look at IPython if it is already imported: importing it here would cost a second
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def default_sampler() -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ from bayeslmm.errors import ConvergenceWarning, NotFittedError
 from bayeslmm.families import Family, get_family
 from bayeslmm.formula import parse_formula
 from bayeslmm.frequentist import FrequentistResult, fit_frequentist
-from bayeslmm.inference import SamplerSettings, check_diagnostics, default_sampler, sample
+from bayeslmm.inference import SamplerSettings, check_diagnostics, default_sampler, resolve_progressbar, sample
 from bayeslmm.model import build_model, var_names
 from bayeslmm.priors import ModelPriors, default_priors
 
@@ -57,6 +59,7 @@ class Lmer:
         parsed = parse_formula(formula)
         self._design: Design = build_design(parsed, data)
         self._priors: ModelPriors = default_priors(self._design, priors)
+        self._prior_overrides: dict = dict(priors or {})  # as given, so that save() can rebuild the model
         self.idata: xr.DataTree | None = None
         self.sampler: SamplerSettings | None = None
         self.warnings: list[str] = []
@@ -70,7 +73,7 @@ class Lmer:
         chains: int = 4,
         random_seed: int | None = None,
         summarize: bool = False,
-        progressbar: bool = False,
+        progressbar: bool | None = None,
         marginalize: bool | None = None,
         **sampler_options: Any,
     ) -> pd.DataFrame:
@@ -84,7 +87,10 @@ class Lmer:
             The same seed gives the same draws.
         summarize : bool
             Print :meth:`summary` afterwards.
-        progressbar : bool
+        progressbar : bool, optional
+            Show the sampler's progress bar. ``None`` (default) decides: on in a Jupyter kernel or when
+            standard error is a terminal, off when the ``CI`` environment variable is set or output
+            goes to a file (see :func:`bayeslmm.inference.auto_progressbar`).
         marginalize : bool, optional
             How to sample. ``None`` (default) chooses: gaussian models the collapsed sampler of
             :mod:`bayeslmm.marginal` supports (Normal fixed-effect priors, moderate numbers of group
@@ -106,6 +112,7 @@ class Lmer:
             if not isinstance(value, int | np.integer) or value < (0 if name == "tune" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self._clear_cache()
+        progressbar = resolve_progressbar(progressbar)
         settings = dict(draws=draws, tune=tune, chains=chains, random_seed=random_seed, keep=self._kept_variables())
         if self._uses_marginal_path(marginalize, sampler_options):
             from bayeslmm import marginal  # loads numba kernels: only when needed
@@ -386,6 +393,44 @@ class Lmer:
 
     def __repr__(self) -> str:
         return report.short_repr(self)
+
+    def _repr_html_(self) -> str:
+        """The summary as HTML tables, for Jupyter; a description and the priors before fitting."""
+        return report.summary_html(self)
+
+    # ----------------------------------------------------------------------------------- saving
+    def save(self, path: str | os.PathLike, overwrite: bool = True) -> Path:
+        """Save the fitted model: posterior, diagnostics, data, formula, priors, sampler settings.
+
+        :func:`bayeslmm.load` gives back a model whose results equal this one's, without sampling.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Ending in ``.zarr`` (a Zarr directory) or ``.nc`` (one NetCDF-4 file; needs ``h5netcdf``
+            or ``netCDF4`` installed).
+        overwrite : bool
+            Replace an existing bayeslmm result at ``path``; anything else there is never replaced.
+
+        Returns
+        -------
+        pathlib.Path
+            Where the result was written.
+
+        Raises
+        ------
+        NotFittedError
+            The model has not been fitted.
+        FileExistsError
+            ``path`` exists and ``overwrite`` is False, or it is not a bayeslmm result.
+
+        See Also
+        --------
+        bayeslmm.load
+        """
+        from bayeslmm import storage
+
+        return storage.save(self, path, overwrite=overwrite)
 
     def _require_fit(self, what: str) -> None:
         if self.idata is None:

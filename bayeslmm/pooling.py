@@ -47,13 +47,13 @@ import pytensor.tensor as pt
 import xarray as xr
 from scipy import linalg, stats
 
-from bayeslmm import results
+from bayeslmm import report, results
 from bayeslmm.design import INTERCEPT, Design, build_design, to_pandas
 from bayeslmm.errors import BayeslmmError, ConvergenceWarning, DataError, FormulaError, NotFittedError
 from bayeslmm.families import Family, get_family
 from bayeslmm.formula import parse_formula
 from bayeslmm.frequentist import FrequentistResult, fit_frequentist
-from bayeslmm.inference import SamplerSettings, check_diagnostics, sample
+from bayeslmm.inference import SamplerSettings, check_diagnostics, resolve_progressbar, sample
 from bayeslmm.lmer import Lmer
 from bayeslmm.model import prior_variable
 from bayeslmm.priors import ModelPriors, Prior, default_priors
@@ -165,6 +165,10 @@ class Lm(Lmer):
             f"Diagnostics: {_diagnostics_text(self.warnings)}",
         ]
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The summary (or, before fitting, the description) as preformatted HTML, for Jupyter."""
+        return report.text_html(self.summary() if self.fitted else repr(self))
 
     def __repr__(self) -> str:
         state = f"fitted: {self.sampler.chains}x{self.sampler.draws} draws" if self.fitted else "not fitted"
@@ -279,7 +283,7 @@ class Lm2:
         chains: int = 4,
         random_seed: int | None = None,
         summarize: bool = False,
-        progressbar: bool = False,
+        progressbar: bool | None = None,
         **sampler_options: Any,
     ) -> pd.DataFrame:
         """Sample every group's posterior with NUTS, in one model.
@@ -291,7 +295,8 @@ class Lm2:
         random_seed : int, optional
         summarize : bool
             Print :meth:`summary` afterwards.
-        progressbar : bool
+        progressbar : bool, optional
+            None (default): on in terminals and notebooks, off under CI (as :meth:`Lmer.fit`).
         **sampler_options
             Passed to :func:`pymc.sample`.
 
@@ -311,7 +316,7 @@ class Lm2:
             chains=chains,
             random_seed=random_seed,
             keep=["beta", "sigma"],
-            progressbar=progressbar,
+            progressbar=resolve_progressbar(progressbar),
             **sampler_options,
         )
         self._add_log_likelihood()
@@ -441,6 +446,10 @@ class Lm2:
             f"Diagnostics: {_diagnostics_text(self.warnings)}",
         ]
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The summary (or, before fitting, the description) as preformatted HTML, for Jupyter."""
+        return report.text_html(self.summary() if self.fitted else repr(self))
 
     def __repr__(self) -> str:
         state = f"fitted: {self.sampler.chains}x{self.sampler.draws} draws" if self.fitted else "not fitted"

@@ -1,7 +1,14 @@
-"""Report: the printed forms of a fitted model (an lme4-like summary and a one-line repr)."""
+"""Report: the printed forms of a model (an lme4-like summary, its HTML twin, a one-line repr).
+
+The summary is assembled once, as plain parts (header lines, titled tables, diagnostics), by
+:func:`summary_parts`; :func:`summary_text` lays the parts out as text and :func:`summary_html` as
+HTML tables for Jupyter, so the two can never disagree.
+"""
 
 from __future__ import annotations
 
+import html
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -9,7 +16,29 @@ import pandas as pd
 if TYPE_CHECKING:
     from bayeslmm.lmer import Lmer
 
-__all__ = ["summary_text", "short_repr"]
+__all__ = ["SummaryParts", "summary_parts", "summary_text", "summary_html", "short_repr", "text_html"]
+
+_DIAGNOSTICS_OK = "no problems (0 divergences, R-hat <= 1.01, ESS_bulk >= 400)"
+_DIGITS = 3
+
+
+@dataclass(frozen=True)
+class SummaryParts:
+    """The content of a summary, before layout.
+
+    Attributes
+    ----------
+    header : list of str
+        Title, formula, family, numbers of observations and groups.
+    tables : list of (str, pandas.DataFrame)
+        Titled tables in print order, already rounded for display where that matters (ESS).
+    diagnostics : list of str
+        The diagnostic warnings; empty when all is well.
+    """
+
+    header: list[str]
+    tables: list[tuple[str, pd.DataFrame]]
+    diagnostics: list[str]
 
 
 def short_repr(model: "Lmer") -> str:
@@ -24,38 +53,87 @@ def short_repr(model: "Lmer") -> str:
     return f"Lmer({model.formula!r}, family={model.family.name!r}, n={model.design.n_obs}, groups: {groups}; {state})"
 
 
-def _table(frame: pd.DataFrame, digits: int = 3) -> str:
+def _display(frame: pd.DataFrame) -> pd.DataFrame:
+    """Effective sample sizes as whole numbers, everything else untouched."""
     frame = frame.copy()
     for column in ("ESS_bulk", "ESS_tail"):
         if column in frame:
             frame[column] = frame[column].round().astype(int)
-    return frame.to_string(float_format=lambda value: f"{value:.{digits}f}")
+    return frame
 
 
-def summary_text(model: "Lmer") -> str:
-    """The summary :meth:`Lmer.summary` prints."""
+def _float(value: float) -> str:
+    return f"{value:.{_DIGITS}f}"
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_string(float_format=_float)
+
+
+def _header(model: "Lmer") -> list[str]:
     design = model.design
-    diagnostics = "no problems (0 divergences, R-hat <= 1.01, ESS_bulk >= 400)"
-    if model.warnings:
-        diagnostics = f"{len(model.warnings)} warning(s):\n" + "\n".join(f"  - {w}" for w in model.warnings)
     groups = ", ".join(f"{factor}, {count}" for factor, count in model.grps.items())
-    lines = [
-        f"Bayesian linear mixed model (bayeslmm) fit by {model.sampler}",
+    title = (
+        f"Bayesian linear mixed model (bayeslmm) fit by {model.sampler}"
+        if model.fitted
+        else "Bayesian linear mixed model (bayeslmm), not fitted yet: call .fit()"
+    )
+    return [
+        title,
         f"Formula: {model.formula}",
         f"Family: {model.family.name} ({model.family.link} link)",
         f"Number of obs: {design.n_obs}; groups: {groups}"
         + (f"; {design.n_dropped} rows dropped for missing values" if design.n_dropped else ""),
-        "",
-        "Random effects (posterior median of Var and Std, 95% interval of Std):",
-        _table(model.ranef_var),
     ]
+
+
+def summary_parts(model: "Lmer") -> SummaryParts:
+    """What the summary of a fitted ``model`` says; an unfitted one lists its priors instead."""
+    if not model.fitted:
+        return SummaryParts(_header(model), [("Priors:", model.priors)], [])
+    tables = [("Random effects (posterior median of Var and Std, 95% interval of Std):", model.ranef_var)]
     if model.ranef_corr is not None:
-        lines += ["", "Correlations of random effects (posterior median, 95% interval):", _table(model.ranef_corr)]
-    lines += [
-        "",
-        "Fixed effects (posterior mean, 95% equal-tailed interval, posterior SD, probability of direction):",
-        _table(model.coefs.drop(columns=["ESS_tail"])),
-        "",
-        f"Diagnostics: {diagnostics}",
-    ]
+        tables.append(("Correlations of random effects (posterior median, 95% interval):", model.ranef_corr))
+    tables.append(
+        (
+            "Fixed effects (posterior mean, 95% equal-tailed interval, posterior SD, probability of direction):",
+            _display(model.coefs.drop(columns=["ESS_tail"])),
+        )
+    )
+    return SummaryParts(_header(model), tables, list(model.warnings))
+
+
+def _diagnostics_line(warnings: list[str]) -> str:
+    return f"{len(warnings)} warning(s):" if warnings else _DIAGNOSTICS_OK
+
+
+def summary_text(model: "Lmer") -> str:
+    """The summary :meth:`Lmer.summary` prints."""
+    parts = summary_parts(model)
+    lines = list(parts.header)
+    for title, frame in parts.tables:
+        lines += ["", title, _table(frame)]
+    if model.fitted:
+        lines += ["", f"Diagnostics: {_diagnostics_line(parts.diagnostics)}"]
+        lines += [f"  - {message}" for message in parts.diagnostics]
     return "\n".join(lines)
+
+
+def summary_html(model: "Lmer") -> str:
+    """The summary as HTML (Jupyter's rich display): header, one HTML table per section, diagnostics."""
+    parts = summary_parts(model)
+    blocks = ["<p>" + "<br>".join(html.escape(line) for line in parts.header) + "</p>"]
+    for title, frame in parts.tables:
+        blocks.append(f"<p><b>{html.escape(title)}</b></p>")
+        blocks.append(frame.to_html(float_format=_float))
+    if model.fitted:
+        blocks.append(f"<p>Diagnostics: {html.escape(_diagnostics_line(parts.diagnostics))}</p>")
+        if parts.diagnostics:
+            items = "".join(f"<li>{html.escape(message)}</li>" for message in parts.diagnostics)
+            blocks.append(f"<ul>{items}</ul>")
+    return '<div class="bayeslmm-summary">' + "".join(blocks) + "</div>"
+
+
+def text_html(text: str) -> str:
+    """Preformatted HTML of a text summary, for results whose summary is text only."""
+    return f'<pre class="bayeslmm-summary">{html.escape(text)}</pre>'

@@ -1,0 +1,340 @@
+"""Storage: save a fitted model to disk and load it back without sampling again.
+
+A saved result is the model's ArviZ ``xarray.DataTree`` (``posterior``, ``sample_stats``,
+``observed_data``, ``log_likelihood``, ... as they are) written with xarray, plus two things that let
+:func:`load` rebuild the model around it:
+
+- the group ``bayeslmm_data``: the model's data (the rows used, every column, the caller's index) as
+  an Arrow IPC stream in a ``uint8`` array, because Arrow keeps pandas dtypes (integers, nullable
+  integers, categoricals with their categories and order, strings, datetimes) exactly -- Parquet, for
+  one, turns categoricals of numbers back into plain numbers;
+- the root attribute ``bayeslmm``: one JSON string with the format version, the class, formula,
+  family, the prior overrides as given, the sampler settings, the diagnostics warnings and the number
+  of rows dropped for missing values.
+
+:func:`load` re-runs formula -> design on the saved data (deterministic), resolves the priors again
+and attaches the saved draws, so every table (``coefs``, ``ranef``, ``data``, ...) is recomputed from
+the same numbers and equals the original exactly.
+
+Two containers, chosen by the suffix: ``.zarr`` (a directory; Zarr ships with bayeslmm's
+dependencies) and ``.nc`` (one NetCDF-4 file; needs ``h5netcdf`` or ``netCDF4``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from bayeslmm.errors import NotFittedError, ResultFileError
+from bayeslmm.inference import SamplerSettings
+from bayeslmm.priors import Prior
+
+if TYPE_CHECKING:
+    from bayeslmm.lmer import Lmer
+
+__all__ = ["save", "load", "check_save_path", "ResultFileError", "FORMAT_VERSION", "SUFFIXES"]
+
+#: Version of the layout below; :func:`load` refuses files written by a newer one.
+FORMAT_VERSION = 1
+SUFFIXES = (".zarr", ".nc")
+_META = "bayeslmm"
+_DATA_GROUP = "bayeslmm_data"
+# Zarr 3 warns that consolidated metadata is not in its spec yet; xarray writes and reads it anyway
+_ZARR_NOISE = "Consolidated metadata is currently not part"
+
+
+# ------------------------------------------------------------------------------------------ save
+def save(model: "Lmer", path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write a fitted :class:`~bayeslmm.Lmer` (or :class:`~bayeslmm.Lm`) to ``path``.
+
+    Parameters
+    ----------
+    model : Lmer
+        A fitted model.
+    path : str or path-like
+        Ending in ``.zarr`` or ``.nc``.
+    overwrite : bool
+        Replace an existing bayeslmm result at ``path``. Other files or directories are never replaced.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    NotFittedError
+        ``model`` is not fitted.
+    ResultFileError
+        The suffix is neither ``.zarr`` nor ``.nc``, the model is of a kind that cannot be saved, or
+        its data cannot be stored (Arrow needs one type per column and string column names).
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False or it is not a bayeslmm result.
+    ImportError
+        ``.nc`` without ``h5netcdf`` or ``netCDF4`` installed.
+    """
+    path = Path(path)
+    kind = type(model).__name__
+    if kind not in _classes():
+        raise ResultFileError(f"cannot save a {kind}: saving supports {', '.join(_classes())}")
+    if not model.fitted:
+        raise NotFittedError(f"cannot save an unfitted {kind}: call .fit() first, then .save({str(path)!r})")
+    engine = check_save_path(path, overwrite)
+    tree = model.idata.copy()
+    tree[_DATA_GROUP] = xr.DataTree(xr.Dataset({"arrow_ipc": ("byte", _frame_to_bytes(model.design.data))}))
+    tree.attrs = {**model.idata.attrs, _META: json.dumps(_metadata(model))}
+    _write(tree, path, engine)
+    return path
+
+
+def _classes() -> dict[str, type]:
+    from bayeslmm.lmer import Lmer
+    from bayeslmm.pooling import Lm  # pooling imports lmer: import here, not at module level
+
+    return {"Lmer": Lmer, "Lm": Lm}
+
+
+def _engine(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".zarr":
+        return "zarr"
+    if suffix == ".nc":
+        for engine in ("h5netcdf", "netcdf4"):
+            if importlib.util.find_spec("netCDF4" if engine == "netcdf4" else engine):
+                return engine
+        raise ImportError(
+            f"writing or reading {str(path)!r} (NetCDF-4) needs h5netcdf or netCDF4: "
+            "`pip install h5netcdf`, or use a .zarr path, which works out of the box"
+        )
+    raise ResultFileError(
+        f"{str(path)!r}: a bayeslmm result path must end in .zarr (a directory) or .nc (one NetCDF-4 file)"
+    )
+
+
+def check_save_path(path: str | os.PathLike, overwrite: bool = True) -> str:
+    """Check, before anything is fitted, that :func:`save` can write to ``path``; return the engine.
+
+    Raises
+    ------
+    ResultFileError, FileExistsError, ImportError
+        As :func:`save`.
+    """
+    path = Path(path)
+    engine = _engine(path)
+    if path.exists():
+        _check_target(path, overwrite)
+    elif not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot save to {str(path)!r}: directory {str(path.parent)!r} does not exist")
+    return engine
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    if not overwrite:
+        raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it")
+    if not _is_result(path):
+        raise FileExistsError(f"{str(path)!r} exists and is not a bayeslmm result; refusing to replace it")
+
+
+def _is_result(path: Path) -> bool:
+    try:
+        _read_metadata(_open(path), path)
+    except (ResultFileError, ImportError):
+        return False
+    return True
+
+
+def _metadata(model: "Lmer") -> dict[str, Any]:
+    from bayeslmm import __version__
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "bayeslmm_version": __version__,
+        "class": type(model).__name__,
+        "formula": model.formula,
+        "family": model.family.name,
+        "priors": {key: _encode_prior(value) for key, value in model._prior_overrides.items()},
+        "sampler": dataclasses.asdict(model.sampler),
+        "warnings": list(model.warnings),
+        "n_dropped": int(model.design.n_dropped),
+    }
+
+
+def _encode_prior(value: Any) -> Any:
+    if isinstance(value, Prior):
+        return {"distribution": value.distribution, "params": {k: _encode_value(v) for k, v in value.params.items()}}
+    return _encode_value(value)  # an LKJ eta
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return {"ndarray": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, bool | int | float | str | list | tuple) or value is None:
+        return value
+    raise ResultFileError(f"cannot save a prior parameter of type {type(value).__name__}: {value!r}")
+
+
+def _frame_to_bytes(frame: pd.DataFrame) -> np.ndarray:
+    import pyarrow as pa  # a dependency of nutpie, so always there
+
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=True)
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise ResultFileError(
+            f"cannot store the model's data (Arrow): {exc}; give every column one type and a string name"
+        ) from None
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return np.frombuffer(sink.getvalue().to_pybytes(), dtype=np.uint8)
+
+
+def _write(tree: xr.DataTree, path: Path, engine: str) -> None:
+    # write next to the target and swap at the end: a failed save never leaves half a result behind
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_ZARR_NOISE)
+            if engine == "zarr":
+                tree.to_zarr(temporary, mode="w")
+            else:
+                tree.to_netcdf(temporary, engine=engine)
+        _remove(path)
+        temporary.rename(path)
+    finally:
+        _remove(temporary)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+# ------------------------------------------------------------------------------------------ load
+def load(path: str | os.PathLike) -> "Lmer":
+    """Load a model written by :meth:`Lmer.save <bayeslmm.Lmer.save>`, fitted, without sampling.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A ``.zarr`` directory or ``.nc`` file.
+
+    Returns
+    -------
+    Lmer
+        Or :class:`~bayeslmm.Lm`, as saved: ``idata``, ``sampler`` and ``warnings`` restored, every
+        table recomputed from the saved draws (equal to the original's).
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing at ``path``.
+    ResultFileError
+        ``path`` is not a bayeslmm result (or was written by a newer bayeslmm).
+
+    Examples
+    --------
+    >>> model.save("sleep.zarr")  # doctest: +SKIP
+    >>> same = bayeslmm.load("sleep.zarr")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no saved result at {str(path)!r}")
+    tree = _open(path)
+    meta = _read_metadata(tree, path)
+    data = _bytes_to_frame(tree[_DATA_GROUP]["arrow_ipc"].values, path)
+    cls = _classes()[meta["class"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the missing-value warning was given when the model was built
+        model = cls(meta["formula"], data, family=meta["family"], priors=_decode_priors(meta["priors"]))
+    if meta["n_dropped"]:
+        model._design = dataclasses.replace(model._design, n_dropped=meta["n_dropped"])
+    model.idata = _model_tree(tree)
+    model.sampler = SamplerSettings(**meta["sampler"])
+    model.warnings = list(meta["warnings"])
+    return model
+
+
+def _open(path: Path) -> xr.DataTree:
+    engine = _engine(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_ZARR_NOISE)
+            tree = xr.open_datatree(path, engine=engine)
+            tree.load()  # into memory, so the file is closed and can be replaced or deleted
+    except Exception as exc:  # every backend has its own errors for a file it cannot read
+        raise ResultFileError(
+            f"{str(path)!r} is not a bayeslmm result (cannot read it as {engine}: {_first_line(exc)})"
+        ) from None
+    return tree
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _read_metadata(tree: xr.DataTree, path: Path) -> dict[str, Any]:
+    if _META not in tree.attrs or _DATA_GROUP not in tree.children:
+        raise ResultFileError(
+            f"{str(path)!r} is not a bayeslmm result (it has no bayeslmm metadata); write one with model.save(path)"
+        )
+    try:
+        meta = json.loads(tree.attrs[_META])
+    except (TypeError, ValueError):
+        raise ResultFileError(f"damaged bayeslmm result {str(path)!r}: its metadata is not valid JSON") from None
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ResultFileError(
+            f"{str(path)!r}: result format version {version!r} is newer than this bayeslmm reads ({FORMAT_VERSION}); "
+            "upgrade bayeslmm"
+        )
+    if meta.get("class") not in _classes():
+        raise ResultFileError(f"{str(path)!r} holds a {meta.get('class')!r}, which this bayeslmm cannot load")
+    return meta
+
+
+def _bytes_to_frame(values: np.ndarray, path: Path) -> pd.DataFrame:
+    import pyarrow as pa
+
+    try:
+        return pa.ipc.open_stream(np.asarray(values, dtype=np.uint8).tobytes()).read_all().to_pandas()
+    except Exception as exc:  # pyarrow's errors for damaged bytes vary
+        raise ResultFileError(f"damaged bayeslmm result {str(path)!r}: its data cannot be read ({exc})") from None
+
+
+def _decode_priors(spec: dict[str, Any]) -> dict[str, Any]:
+    return {key: _decode_prior(value) for key, value in spec.items()}
+
+
+def _decode_prior(value: Any) -> Any:
+    if isinstance(value, dict) and "distribution" in value:
+        return Prior(value["distribution"], **{k: _decode_value(v) for k, v in value["params"].items()})
+    return value
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, dict) and "ndarray" in value:
+        return np.asarray(value["ndarray"], dtype=value["dtype"])
+    return value
+
+
+def _model_tree(tree: xr.DataTree) -> xr.DataTree:
+    """The saved tree without what save() added: the model's ``idata`` as it was."""
+    groups = {name: child.to_dataset() for name, child in tree.children.items() if name != _DATA_GROUP}
+    idata = xr.DataTree.from_dict(groups)
+    idata.attrs = {key: value for key, value in tree.attrs.items() if key != _META}
+    return idata
