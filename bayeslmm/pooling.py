@@ -68,7 +68,6 @@ __all__ = [
     "compare_variance_components",
 ]
 
-_DIAGNOSTICS_OK = "no problems (0 divergences, R-hat <= 1.01, ESS_bulk >= 400)"
 
 
 # ================================================================================================
@@ -144,13 +143,11 @@ class Lm(Lmer):
             "(see .coefs and .sigma; for per-group coefficients use Lm2 or Lmer)"
         )
 
-    def summary(self) -> str:
-        """Summary: formula, data, sampler, residual SD, coefficients, diagnostics."""
-        self._require_fit("summary")
+    def _summary_parts(self) -> report.SummaryParts:
         design = self._design
         low, high = results.interval_columns(0.95)
         sigma = self.sigma.iloc[0]
-        lines = [
+        header = [
             f"Bayesian linear regression, complete pooling (bayeslmm) fit by {self.sampler}",
             f"Formula: {self.formula}",
             f"Family: {self.family.name} ({self.family.link} link)",
@@ -158,17 +155,19 @@ class Lm(Lmer):
             + (f"; {design.n_dropped} rows dropped for missing values" if design.n_dropped else ""),
             "",
             f"Residual SD (posterior median, 95% interval): {sigma['Std']:.3f} [{sigma[low]:.3f}, {sigma[high]:.3f}]",
-            "",
-            "Coefficients (posterior mean, 95% equal-tailed interval, posterior SD, probability of direction):",
-            _format_table(self.coefs.drop(columns=["ESS_tail"])),
-            "",
-            f"Diagnostics: {_diagnostics_text(self.warnings)}",
         ]
-        return "\n".join(lines)
+        coefficients = report.display_table(self.coefs.drop(columns=["ESS_tail"]))
+        title = "Coefficients (posterior mean, 95% equal-tailed interval, posterior SD, probability of direction):"
+        return report.SummaryParts(header, [(title, coefficients)], list(self.warnings))
+
+    def summary(self) -> str:
+        """Summary: formula, data, sampler, residual SD, coefficients, diagnostics."""
+        self._require_fit("summary")
+        return report.layout_text(self._summary_parts())
 
     def _repr_html_(self) -> str:
-        """The summary (or, before fitting, the description) as preformatted HTML, for Jupyter."""
-        return report.text_html(self.summary() if self.fitted else repr(self))
+        """The summary as HTML tables (or, before fitting, the description), for Jupyter."""
+        return report.layout_html(self._summary_parts()) if self.fitted else report.text_html(repr(self))
 
     def __repr__(self) -> str:
         state = f"fitted: {self.sampler.chains}x{self.sampler.draws} draws" if self.fitted else "not fitted"
@@ -427,29 +426,31 @@ class Lm2:
         frame["residuals"] = self._design.y - frame["fits"].to_numpy()
         return frame
 
-    def summary(self) -> str:
-        """Summary: formula, groups, population summary, group coefficients, diagnostics."""
-        self._require_fit("summary")
+    def _summary_parts(self) -> report.SummaryParts:
         excluded = f"; excluded: {', '.join(map(str, self.excluded))}" if self.excluded else ""
-        lines = [
+        header = [
             f"Bayesian regressions per group, no pooling (bayeslmm) fit by {self.sampler}",
             f"Formula: {self.formula}, one regression per level of {self.group!r}",
             f"Number of obs: {self._design.n_obs}; groups: {len(self.levels)}{excluded}",
-            "",
-            "Population summary (mean of the group posterior means; SE = SD across groups / sqrt(G); "
-            "t interval and test on G - 1 df):",
-            _format_table(self.coefs),
-            "",
-            "Group coefficients (posterior means):",
-            _format_table(self.fixef),
-            "",
-            f"Diagnostics: {_diagnostics_text(self.warnings)}",
         ]
-        return "\n".join(lines)
+        tables = [
+            (
+                "Population summary (mean of the group posterior means; SE = SD across groups / sqrt(G); "
+                "t interval and test on G - 1 df):",
+                self.coefs,
+            ),
+            ("Group coefficients (posterior means):", self.fixef),
+        ]
+        return report.SummaryParts(header, tables, list(self.warnings))
+
+    def summary(self) -> str:
+        """Summary: formula, groups, population summary, group coefficients, diagnostics."""
+        self._require_fit("summary")
+        return report.layout_text(self._summary_parts())
 
     def _repr_html_(self) -> str:
-        """The summary (or, before fitting, the description) as preformatted HTML, for Jupyter."""
-        return report.text_html(self.summary() if self.fitted else repr(self))
+        """The summary as HTML tables (or, before fitting, the description), for Jupyter."""
+        return report.layout_html(self._summary_parts()) if self.fitted else report.text_html(repr(self))
 
     def __repr__(self) -> str:
         state = f"fitted: {self.sampler.chains}x{self.sampler.draws} draws" if self.fitted else "not fitted"
@@ -1084,18 +1085,3 @@ def _long(wide: pd.DataFrame, index: pd.MultiIndex) -> np.ndarray:
     stacked = wide.stack()
     stacked.index = stacked.index.set_names(index.names)
     return stacked.reindex(index).to_numpy()
-
-
-# ================================================================================================
-# Text helpers
-# ================================================================================================
-
-
-def _format_table(frame: pd.DataFrame, digits: int = 3) -> str:
-    return frame.to_string(float_format=lambda value: f"{value:.{digits}f}")
-
-
-def _diagnostics_text(messages: list[str]) -> str:
-    if not messages:
-        return _DIAGNOSTICS_OK
-    return f"{len(messages)} warning(s):\n" + "\n".join(f"  - {message}" for message in messages)

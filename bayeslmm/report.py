@@ -16,7 +16,17 @@ import pandas as pd
 if TYPE_CHECKING:
     from bayeslmm.lmer import Lmer
 
-__all__ = ["SummaryParts", "summary_parts", "summary_text", "summary_html", "short_repr", "text_html"]
+__all__ = [
+    "SummaryParts",
+    "summary_parts",
+    "summary_text",
+    "summary_html",
+    "layout_text",
+    "layout_html",
+    "display_table",
+    "short_repr",
+    "text_html",
+]
 
 _DIAGNOSTICS_OK = "no problems (0 divergences, R-hat <= 1.01, ESS_bulk >= 400)"
 _DIGITS = 3
@@ -53,7 +63,7 @@ def short_repr(model: "Lmer") -> str:
     return f"Lmer({model.formula!r}, family={model.family.name!r}, n={model.design.n_obs}, groups: {groups}; {state})"
 
 
-def _display(frame: pd.DataFrame) -> pd.DataFrame:
+def display_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Effective sample sizes as whole numbers, everything else untouched."""
     frame = frame.copy()
     for column in ("ESS_bulk", "ESS_tail"):
@@ -97,7 +107,7 @@ def summary_parts(model: "Lmer") -> SummaryParts:
     tables.append(
         (
             "Fixed effects (posterior mean, 95% equal-tailed interval, posterior SD, probability of direction):",
-            _display(model.coefs.drop(columns=["ESS_tail"])),
+            display_table(model.coefs.drop(columns=["ESS_tail"])),
         )
     )
     return SummaryParts(_header(model), tables, list(model.warnings))
@@ -109,24 +119,32 @@ def _diagnostics_line(warnings: list[str]) -> str:
 
 def summary_text(model: "Lmer") -> str:
     """The summary :meth:`Lmer.summary` prints."""
-    parts = summary_parts(model)
+    return layout_text(summary_parts(model), diagnostics=model.fitted)
+
+
+def summary_html(model: "Lmer") -> str:
+    """The summary as HTML (Jupyter's rich display): header, one HTML table per section, diagnostics."""
+    return layout_html(summary_parts(model), diagnostics=model.fitted)
+
+
+def layout_text(parts: SummaryParts, diagnostics: bool = True) -> str:
+    """Summary parts as text: header lines, titled tables, and (for a fit) the diagnostics line."""
     lines = list(parts.header)
     for title, frame in parts.tables:
         lines += ["", title, _table(frame)]
-    if model.fitted:
+    if diagnostics:
         lines += ["", f"Diagnostics: {_diagnostics_line(parts.diagnostics)}"]
         lines += [f"  - {message}" for message in parts.diagnostics]
     return "\n".join(lines)
 
 
-def summary_html(model: "Lmer") -> str:
-    """The summary as HTML (Jupyter's rich display): header, one HTML table per section, diagnostics."""
-    parts = summary_parts(model)
+def layout_html(parts: SummaryParts, diagnostics: bool = True) -> str:
+    """Summary parts as HTML, one table per section; the twin of :func:`layout_text`."""
     blocks = ["<p>" + "<br>".join(html.escape(line) for line in parts.header) + "</p>"]
     for title, frame in parts.tables:
         blocks.append(f"<p><b>{html.escape(title)}</b></p>")
         blocks.append(frame.to_html(float_format=_float))
-    if model.fitted:
+    if diagnostics:
         blocks.append(f"<p>Diagnostics: {html.escape(_diagnostics_line(parts.diagnostics))}</p>")
         if parts.diagnostics:
             items = "".join(f"<li>{html.escape(message)}</li>" for message in parts.diagnostics)

@@ -83,7 +83,8 @@ def test_other_results_have_html(sleep, slopes, intercepts):
     lm = Lm("Reaction ~ Days", sleep)
     assert "not fitted" in lm._repr_html_()
     _fit(lm)
-    assert lm._repr_html_().startswith("<pre") and "complete pooling" in lm._repr_html_()
+    html = lm._repr_html_()
+    assert html.count("<table") == 1 and "complete pooling" in html and "Residual SD" in html
     assert "not fitted" in Lm2("Reaction ~ Days", sleep, group="Subject")._repr_html_()
     assert "REML" in slopes.fit_frequentist()._repr_html_()
     with warnings.catch_warnings():
