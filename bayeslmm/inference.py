@@ -183,9 +183,9 @@ def check_diagnostics(idata: xr.DataTree, var_names: list[str]) -> list[str]:
                 "zero (the Bayesian sign of lme4's singular fit): simplify the random effects, e.g. "
                 "drop a correlation with '||' or a slope"
             )
-    posterior = idata["posterior"].to_dataset()[var_names]
+    posterior = _without_unit_diagonals(idata["posterior"].to_dataset()[var_names])
     with warnings.catch_warnings():
-        # the unit diagonal of a correlation matrix has no variance: its R-hat and ESS are NaN
+        # the blanked diagonals give NaN R-hat and ESS, with a RuntimeWarning
         warnings.simplefilter("ignore", RuntimeWarning)
         rhat = az.rhat(posterior) if stats.sizes["chain"] > 1 else None
         ess = az.ess(posterior, method="bulk")
@@ -193,7 +193,7 @@ def check_diagnostics(idata: xr.DataTree, var_names: list[str]) -> list[str]:
         worst = _worst(rhat, largest=True)
         if worst is not None and worst[1] > RHAT_MAX:
             messages.append(
-                f"R-hat of {worst[0]} is {worst[1]:.3f} (> {RHAT_MAX}): the chains disagree. "
+                f"R-hat of {worst[0]} is {worst[1]:.4f} (> {RHAT_MAX}): the chains disagree. "
                 "Run more tuning and draws, e.g. fit(tune=2000, draws=2000)"
             )
     lowest = _worst(ess, largest=False)
@@ -203,6 +203,17 @@ def check_diagnostics(idata: xr.DataTree, var_names: list[str]) -> list[str]:
             "and means are imprecise. Draw more, e.g. fit(draws=2000), or use more chains"
         )
     return messages
+
+
+def _without_unit_diagonals(posterior: xr.Dataset) -> xr.Dataset:
+    """Blank the diagonals of correlation matrices: they are 1 by definition, so not diagnosable."""
+    posterior = posterior.copy()
+    for name in posterior.data_vars:
+        if str(name).startswith("corr_"):
+            k = posterior[name].shape[-1]
+            off_diagonal = xr.DataArray(~np.eye(k, dtype=bool), dims=posterior[name].dims[-2:])
+            posterior[name] = posterior[name].where(off_diagonal)
+    return posterior
 
 
 def _worst(statistic, largest: bool) -> tuple[str, float] | None:
