@@ -199,3 +199,99 @@ def test_supports():
     assert not marginal.supports(design, student, GAUSSIAN)
     _, odd = _design("Reaction ~ Days + (Days | Subject)", frame, {"sigma": Prior("HalfStudentT", nu=3, lam=2.0, sigma=1.0)})
     assert not marginal.supports(design, odd, GAUSSIAN)
+
+
+# ----------------------------------------------------------------------------------- independence Metropolis
+def _mean_agreement(a, b, names, k=4.0):
+    """Posterior means of ``a`` and ``b`` agree within ``k`` combined Monte Carlo standard errors."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for name in names:
+            se = np.sqrt(az.mcse(a[[name]])[name].values ** 2 + az.mcse(b[[name]])[name].values ** 2)
+            diff = np.abs(a[name].mean(("chain", "draw")).values - b[name].mean(("chain", "draw")).values)
+            ok = np.isnan(se) | (diff <= k * se)
+            assert ok.all(), (name, diff, se)
+
+
+@pytest.mark.parametrize(
+    "dataset, formula",
+    [("sleepstudy", "Reaction ~ Days + (Days | Subject)"), ("penicillin", "diameter ~ 1 + (1 | plate) + (1 | sample)")],
+)
+def test_imh_agrees_with_nuts(dataset, formula):
+    """The independence sampler and NUTS on the same marginal density give the same posterior."""
+    design, priors = _design(formula, load_dataset(dataset))
+    imh, settings = marginal.sample_marginal(design, priors, draws=1000, tune=1000, chains=4, random_seed=3, method="imh")
+    assert settings.sampler == "independence MH, marginal"
+    nuts, _ = marginal.sample_marginal(design, priors, draws=1000, tune=1000, chains=4, random_seed=4)
+    a, b = imh["posterior"].to_dataset(), nuts["posterior"].to_dataset()
+    assert list(a.data_vars) == list(b.data_vars)
+    for name in a.data_vars:
+        assert a[name].dims == b[name].dims
+    _mean_agreement(a, b, list(a.data_vars))
+    hyper = [v for v in a.data_vars if not v.startswith("ranef")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert float(np.nanmax(az.rhat(a[hyper]).to_array())) <= 1.01
+        assert float(np.nanmin(az.ess(a[hyper], method="bulk").to_array())) > 1000
+    stats = imh["sample_stats"].to_dataset()
+    assert stats["diverging"].dims == ("chain", "draw") and stats["diverging"].dtype == bool
+    assert not bool(stats["diverging"].any())
+    rate = stats["acceptance_rate"].values
+    assert rate.shape == (4, 1000) and np.all((rate >= 0) & (rate <= 1)) and rate.mean() > 0.4
+    assert stats.attrs["pareto_k"] < 0.7
+    # a rejected step keeps the draw (and its effects) of the step before
+    first = a["sigma"].values[:, 1:][~stats["accepted"].values[:, 1:]]
+    before = a["sigma"].values[:, :-1][~stats["accepted"].values[:, 1:]]
+    np.testing.assert_array_equal(first, before)
+
+
+def test_imh_reproducible_and_chosen_for_large_dense_part():
+    """Above MAX_NUTS dense columns the independence sampler is used; the same seed gives the same draws."""
+    rng = np.random.default_rng(7)
+    n = 600
+    frame = pd.DataFrame({"g": rng.integers(0, 150, n).astype(str), "h": rng.integers(0, 80, n).astype(str)})
+    frame["y"] = rng.normal(size=150)[frame.g.astype(int)] + 0.5 * rng.normal(size=80)[frame.h.astype(int)] + rng.normal(size=n)
+    design, priors = _design("y ~ 1 + (1 | g) + (1 | h)", frame)
+    assert marginal.MAX_NUTS < marginal.dense_size(design) <= marginal.MAX_DENSE
+    assert marginal.supports(design, priors, GAUSSIAN)
+    tree, settings = marginal.sample_marginal(design, priors, draws=300, tune=300, chains=2, random_seed=5)
+    assert settings.sampler == "independence MH, marginal"
+    again, _ = marginal.sample_marginal(design, priors, draws=300, tune=300, chains=2, random_seed=5, cores=1)
+    assert tree["posterior"].to_dataset().equals(again["posterior"].to_dataset())
+    post = tree["posterior"].to_dataset()
+    for block in design.blocks:
+        ranef = post[f"ranef_{block.name}"]
+        assert ranef.dims[:2] == ("chain", "draw") and ranef.shape[:3] == (2, 300, block.n_levels)
+    assert tree["sample_stats"]["acceptance_rate"].mean() > 0.4
+
+
+def test_find_mode_matches_gradient_and_hessian(toy):
+    """At the mode found by finite differences the analytic gradient vanishes; the Hessian matches it."""
+    design, priors = _design("y ~ x + (x | g)", toy)
+    packed = marginal.pack(design, priors)
+    mode, H, value = marginal.find_mode(packed, cores=2)
+    logp, grad = packed.logp_grad(mode)
+    assert value == pytest.approx(packed.logp(mode), abs=1e-3)
+    sd = np.sqrt(np.diag(np.linalg.inv(H)))
+    np.testing.assert_array_less(np.abs(np.linalg.solve(H, grad)), 0.02 * sd)  # Newton step << posterior SD
+    eye = np.eye(packed.n_dim) * 1e-5
+    numeric = -np.array([(packed.logp_grad(mode + h)[1] - packed.logp_grad(mode - h)[1]) / 2e-5 for h in eye])
+    np.testing.assert_allclose(H, (numeric + numeric.T) / 2, rtol=2e-3, atol=2e-3 * np.abs(H).max())
+
+
+def test_proposal_densities_are_normalised():
+    """The split-t and mixture proposals: importance sampling of a normalised Gaussian gives 1."""
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(0)
+    mu = np.array([0.3, -0.2, 0.1])
+    A = rng.normal(size=(3, 3))
+    cov = A @ A.T + np.eye(3)
+    L = np.linalg.cholesky(cov)
+    split = marginal._SplitT(mu, L, np.array([1.5, 0.8, 1.0]), np.array([0.7, 1.2, 1.0]), 5.0)
+    mixture = marginal._Mixture([split, marginal._StudentT(mu, 4 * cov, 3.0)], [0.9, 0.1])
+    target = multivariate_normal(mu + 0.1, cov)
+    for proposal in (split, mixture):
+        x = proposal.draw(rng, 200_000)
+        w = np.exp(target.logpdf(x) - proposal.logpdf(x))
+        assert w.mean() == pytest.approx(1.0, abs=4 * w.std() / np.sqrt(len(w)) + 1e-3)
