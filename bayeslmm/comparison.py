@@ -135,18 +135,9 @@ def _subset(design: Design, rows: np.ndarray) -> Design:
     return replace(design, y=design.y[rows], X=design.X[rows], blocks=blocks, data=design.data.iloc[rows])
 
 
-def _log_likelihood(model: "Lmer", posterior: xr.Dataset, rows: np.ndarray | None = None) -> np.ndarray:
-    """Pointwise log-likelihood of ``rows`` (all by default) under ``posterior``, shape (chain, draw, n)."""
-    design = model.design if rows is None else _subset(model.design, rows)
-    chains, draws = posterior.sizes["chain"], posterior.sizes["draw"]
-    total = chains * draws
-    aux = {name: results.stack_draws(posterior, name).reshape(-1) for name in model.family.aux}
-    values = np.empty((total, design.n_obs))
-    for start in range(0, total, _DRAW_CHUNK):
-        part = slice(start, min(start + _DRAW_CHUNK, total))
-        mu = model.family.inverse_link(results.linear_predictor(design, posterior, part))
-        values[part] = model.family.log_likelihood(design.y, mu, {k: v[part] for k, v in aux.items()})
-    return values.reshape(chains, draws, design.n_obs)
+def _log_likelihood(model: "Lmer", posterior: xr.Dataset, rows: np.ndarray) -> np.ndarray:
+    """Pointwise log-likelihood of ``rows`` under ``posterior``, shape (chain, draw, len(rows))."""
+    return results.pointwise_log_likelihood(_subset(model.design, rows), posterior, model.family)
 
 
 def _loo_tree(model: "Lmer") -> xr.DataTree:
@@ -157,10 +148,7 @@ def _loo_tree(model: "Lmer") -> xr.DataTree:
     """
     idata = model.idata
     if "log_likelihood" not in idata.children or "y" not in idata["log_likelihood"].data_vars:
-        posterior = idata["posterior"].to_dataset()
-        values = _log_likelihood(model, posterior)
-        dataset = xr.Dataset({"y": (("chain", "draw", "obs"), values)})
-        idata["log_likelihood"] = xr.DataTree(dataset.assign_coords(chain=posterior.chain, draw=posterior.draw))
+        model._add_log_likelihood()
     log_lik = idata["log_likelihood"].to_dataset()[["y"]]
     if log_lik.sizes["obs"] != model.design.n_obs:
         raise DataError(

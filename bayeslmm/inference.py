@@ -47,8 +47,10 @@ class SamplerSettings:
     seconds: float
 
     def __str__(self) -> str:
+        # NUTS runs through nutpie or PyMC; the large-model path names its own algorithm
+        method = self.sampler if self.sampler.startswith("independence MH") else f"NUTS ({self.sampler})"
         return (
-            f"NUTS ({self.sampler}), {self.chains} chains x {self.draws} draws after {self.tune} tuning "
+            f"{method}, {self.chains} chains x {self.draws} draws after {self.tune} tuning "
             f"steps, {self.seconds:.{1 if self.seconds >= 1 else 2}f} s"
         )
 

@@ -24,6 +24,10 @@ from bayeslmm.priors import ModelPriors, default_priors
 
 __all__ = ["Lmer"]
 
+#: Above this many values (draws x observations, 8 bytes each: 400 MB) the pointwise log-likelihood is
+#: not stored at fit time but computed when :meth:`Lmer.loo` or :func:`bayeslmm.lrt` first needs it.
+LOG_LIKELIHOOD_MAX_VALUES = 50_000_000
+
 
 class Lmer:
     """Bayesian linear mixed model from an lme4 formula.
@@ -123,7 +127,8 @@ class Lmer:
         else:
             model = build_model(self._design, self._priors, self.family)
             self.idata, self.sampler = sample(model, progressbar=progressbar, **settings, **sampler_options)
-        self._add_log_likelihood()
+        if draws * chains * self._design.n_obs <= LOG_LIKELIHOOD_MAX_VALUES:
+            self._add_log_likelihood()  # larger ones are computed when LOO first needs them
         self.warnings = check_diagnostics(self.idata, self._hyperparameters())
         for message in self.warnings:
             warnings.warn(message, ConvergenceWarning, stacklevel=2)
@@ -204,19 +209,12 @@ class Lmer:
         """Variables whose convergence is checked: fixed effects, SDs, correlations, family parameters."""
         return [name for name in self._kept_variables() if not name.startswith("ranef_")]
 
-    def _add_log_likelihood(self, chunk: int = 500) -> None:
-        """Pointwise log-likelihood group, computed in NumPy in chunks of draws (no compilation)."""
+    def _add_log_likelihood(self) -> None:
+        """Store the pointwise log-likelihood (chain, draw, obs) as the ``log_likelihood`` group."""
         posterior = self.posterior
-        chains, draws = posterior.sizes["chain"], posterior.sizes["draw"]
-        aux = {name: results.stack_draws(posterior, name).reshape(-1) for name in self.family.aux}
-        values = np.empty((chains * draws, self._design.n_obs))
-        for start in range(0, chains * draws, chunk):
-            part = slice(start, min(start + chunk, chains * draws))
-            mu = self.family.inverse_link(results.linear_predictor(self._design, posterior, part))
-            values[part] = self.family.log_likelihood(self._design.y, mu, {k: v[part] for k, v in aux.items()})
-        log_lik = xr.Dataset({"y": (("chain", "draw", "obs"), values.reshape(chains, draws, -1))})
-        log_lik = log_lik.assign_coords(chain=posterior.chain, draw=posterior.draw)
-        self.idata["log_likelihood"] = xr.DataTree(log_lik)
+        values = results.pointwise_log_likelihood(self._design, posterior, self.family)
+        log_lik = xr.Dataset({"y": (("chain", "draw", "obs"), values)})
+        self.idata["log_likelihood"] = xr.DataTree(log_lik.assign_coords(chain=posterior.chain, draw=posterior.draw))
 
     def _clear_cache(self) -> None:
         for name in ("coefs", "fixef", "ranef", "ranef_var", "ranef_corr", "data"):

@@ -27,6 +27,7 @@ __all__ = [
     "linear_predictor",
     "stack_draws",
     "posterior_mean_fit",
+    "pointwise_log_likelihood",
     "posterior_predictive",
 ]
 
@@ -240,6 +241,30 @@ def linear_predictor(design: Design, posterior: xr.Dataset, draw_slice: slice | 
         ranef = ranef.reshape(-1, block.n_levels, block.n_terms)[select]
         eta += np.einsum("snk,nk->sn", ranef[:, block.group_index, :], block.Z)
     return eta
+
+
+def pointwise_log_likelihood(design: Design, posterior: xr.Dataset, family, chunk: int = 500) -> np.ndarray:
+    """Log-likelihood of every observation under every draw, in NumPy (no compilation).
+
+    Parameters
+    ----------
+    family : Family
+    chunk : int
+        Draws per batch, which bounds the memory of the intermediate linear predictor.
+
+    Returns
+    -------
+    ndarray, shape (chain, draw, n)
+    """
+    chains, draws = posterior.sizes["chain"], posterior.sizes["draw"]
+    total = chains * draws
+    aux = {name: stack_draws(posterior, name).reshape(-1) for name in family.aux}
+    values = np.empty((total, design.n_obs))
+    for start in range(0, total, chunk):
+        part = slice(start, min(start + chunk, total))
+        mu = family.inverse_link(linear_predictor(design, posterior, part))
+        values[part] = family.log_likelihood(design.y, mu, {k: v[part] for k, v in aux.items()})
+    return values.reshape(chains, draws, design.n_obs)
 
 
 def posterior_mean_fit(design: Design, posterior: xr.Dataset) -> np.ndarray:

@@ -310,3 +310,17 @@ def test_sampling_path_choice(fit_model, sleep):
     with pytest.raises(ValueError, match="marginalize=True: the collapsed sampler needs"):
         model.fit(marginalize=True)
     assert not model._uses_marginal_path(None, {})
+
+
+def test_large_log_likelihood_is_computed_on_demand(monkeypatch, sleep):
+    import bayeslmm.lmer
+
+    monkeypatch.setattr(bayeslmm.lmer, "LOG_LIKELIHOOD_MAX_VALUES", 1000)
+    model = Lmer("Reaction ~ Days + (1 | Subject)", sleep)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(draws=300, tune=300, chains=2, random_seed=4)
+        assert "log_likelihood" not in model.idata.children
+        elpd = model.loo()
+    assert model.idata["log_likelihood"]["y"].shape == (2, 300, 180)
+    assert -900 < float(elpd.elpd) < -870  # sleepstudy (1|Subject): about -885
