@@ -1315,20 +1315,24 @@ def _few_integer_values(y: np.ndarray) -> bool:
     return bool(np.all(np.equal(np.mod(y, 1), 0)) and len(np.unique(y)) <= 25)
 
 
-def _ppc_kde(ax: Axes, y: np.ndarray, replicated: np.ndarray) -> None:
-    lo, hi = np.quantile(np.concatenate([y, replicated[: min(5, len(replicated))].ravel()]), [0.001, 0.999])
-    pad = 0.05 * (hi - lo or 1.0)
-    grid = np.linspace(lo - pad, hi + pad, 256)
-    curves = [np.stack([grid, _density(r, grid)], axis=1) for r in replicated]
+def _replicated_curves(ax: Axes, curves: list[np.ndarray]) -> None:
+    """One thin line per replicated data set, as a single collection (fast for many draws)."""
     ax.add_collection(
         LineCollection(
             curves,
             colors=COLORS["replicated"],
             linewidths=0.8,
             alpha=0.35,
-            label=f"replicated ({len(replicated)} draws)",
+            label=f"replicated ({len(curves)} draws)",
         )
     )
+
+
+def _ppc_kde(ax: Axes, y: np.ndarray, replicated: np.ndarray) -> None:
+    lo, hi = np.quantile(np.concatenate([y, replicated[: min(5, len(replicated))].ravel()]), [0.001, 0.999])
+    pad = 0.05 * (hi - lo or 1.0)
+    grid = np.linspace(lo - pad, hi + pad, 256)
+    _replicated_curves(ax, [np.stack([grid, _density(r, grid)], axis=1) for r in replicated])
     ax.plot(
         grid,
         _density(replicated.ravel(), grid),
@@ -1372,15 +1376,8 @@ def _ppc_hist(ax: Axes, y: np.ndarray, replicated: np.ndarray) -> None:
 def _ppc_ecdf(ax: Axes, y: np.ndarray, replicated: np.ndarray) -> None:
     lo, hi = np.quantile(np.concatenate([y, replicated.ravel()]), [0.0005, 0.9995])
     grid = np.linspace(lo, hi, 400)
-    curves = [np.stack([grid, np.searchsorted(np.sort(r), grid, side="right") / len(r)], 1) for r in replicated]
-    ax.add_collection(
-        LineCollection(
-            curves,
-            colors=COLORS["replicated"],
-            linewidths=0.8,
-            alpha=0.35,
-            label=f"replicated ({len(replicated)} draws)",
-        )
+    _replicated_curves(
+        ax, [np.stack([grid, np.searchsorted(np.sort(r), grid, side="right") / len(r)], 1) for r in replicated]
     )
     ax.step(
         grid,

@@ -75,7 +75,20 @@ __all__ = [
 # ================================================================================================
 
 
-class Lm(Lmer):
+class _SummaryFromParts:
+    """``summary()`` and the Jupyter display of a model that describes itself by ``_summary_parts()``."""
+
+    def summary(self) -> str:
+        """Summary: formula, data, sampler, estimates, diagnostics."""
+        self._require_fit("summary")
+        return report.layout_text(self._summary_parts())
+
+    def _repr_html_(self) -> str:
+        """The summary as HTML tables (or, before fitting, the description), for Jupyter."""
+        return report.layout_html(self._summary_parts()) if self.fitted else report.text_html(repr(self))
+
+
+class Lm(_SummaryFromParts, Lmer):
     """Bayesian linear regression with complete pooling: one set of coefficients for every row.
 
     The :class:`~bayeslmm.Lmer` pipeline (formula, design, priors, NUTS, tables) with a formula that has
@@ -160,15 +173,6 @@ class Lm(Lmer):
         title = "Coefficients (posterior mean, 95% equal-tailed interval, posterior SD, probability of direction):"
         return report.SummaryParts(header, [(title, coefficients)], list(self.warnings))
 
-    def summary(self) -> str:
-        """Summary: formula, data, sampler, residual SD, coefficients, diagnostics."""
-        self._require_fit("summary")
-        return report.layout_text(self._summary_parts())
-
-    def _repr_html_(self) -> str:
-        """The summary as HTML tables (or, before fitting, the description), for Jupyter."""
-        return report.layout_html(self._summary_parts()) if self.fitted else report.text_html(repr(self))
-
     def __repr__(self) -> str:
         state = f"fitted: {self.sampler.chains}x{self.sampler.draws} draws" if self.fitted else "not fitted"
         return f"Lm({self.formula!r}, family={self.family.name!r}, n={self._design.n_obs}; {state})"
@@ -179,7 +183,7 @@ class Lm(Lmer):
 # ================================================================================================
 
 
-class Lm2:
+class Lm2(_SummaryFromParts):
     """No pooling: a separate Bayesian regression for every level of ``group`` (pymer4's ``Lm2``).
 
     Every group ``g`` has its own coefficients ``beta[g]`` and residual SD ``sigma[g]``, with the
@@ -442,15 +446,6 @@ class Lm2:
             ("Group coefficients (posterior means):", self.fixef),
         ]
         return report.SummaryParts(header, tables, list(self.warnings))
-
-    def summary(self) -> str:
-        """Summary: formula, groups, population summary, group coefficients, diagnostics."""
-        self._require_fit("summary")
-        return report.layout_text(self._summary_parts())
-
-    def _repr_html_(self) -> str:
-        """The summary as HTML tables (or, before fitting, the description), for Jupyter."""
-        return report.layout_html(self._summary_parts()) if self.fitted else report.text_html(repr(self))
 
     def __repr__(self) -> str:
         state = f"fitted: {self.sampler.chains}x{self.sampler.draws} draws" if self.fitted else "not fitted"
