@@ -14,7 +14,7 @@ import xarray as xr
 
 from bayeslmm import comparison, report, results
 from bayeslmm.design import Design, build_design
-from bayeslmm.errors import ConvergenceWarning, NotFittedError
+from bayeslmm.errors import ConvergenceWarning, FormulaError, NotFittedError
 from bayeslmm.families import Family, get_family
 from bayeslmm.formula import parse_formula
 from bayeslmm.frequentist import FrequentistResult, fit_frequentist
@@ -57,10 +57,17 @@ class Lmer:
     >>> model.coefs  # doctest: +SKIP
     """
 
+    _needs_random_effects = True  # Lm, the complete-pooling subclass, has none
+
     def __init__(self, formula: str, data: Any, family: str | Family = "gaussian", priors: dict | None = None) -> None:
         self.formula = formula
         self.family = get_family(family)
         parsed = parse_formula(formula)
+        if self._needs_random_effects and not parsed.random:
+            raise FormulaError(
+                f"formula {formula!r} has no random-effects term such as '(1 | group)' (lme4 refuses it "
+                "too); use bayeslmm.Lm for a regression without groups"
+            )
         self._design: Design = build_design(parsed, data)
         self._priors: ModelPriors = default_priors(self._design, priors)
         self._prior_overrides: dict = dict(priors or {})  # as given, so that save() can rebuild the model

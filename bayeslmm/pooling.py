@@ -126,6 +126,8 @@ class Lm(_SummaryFromParts, Lmer):
     >>> model.fit(random_seed=1)  # doctest: +SKIP
     """
 
+    _needs_random_effects = False
+
     def __init__(self, formula: str, data: Any, family: str | Family = "gaussian", priors: dict | None = None) -> None:
         parsed = parse_formula(formula)
         if parsed.random:

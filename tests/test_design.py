@@ -168,3 +168,8 @@ def test_literal_expressions(sleep):
     d = design("Reaction ~ Days + I(Days**2) + (1 | Subject)", sleep)
     assert d.X.shape == (180, 3)
     np.testing.assert_allclose(d.X[:, 2], sleep.Days**2)
+
+
+def test_lmer_without_random_effects_points_to_lm(sleep):
+    with pytest.raises(FormulaError, match="no random-effects term .* use bayeslmm.Lm"):
+        Lmer("Reaction ~ Days", sleep)

@@ -312,11 +312,11 @@ def test_tables_bad_input(sleepstudy, simpson_lm, intercepts, monkeypatch):
             table(unfitted)
         with pytest.raises(TypeError, match="pass a fitted Lmer"):
             table(simpson_lm)
-    with pytest.raises(DataError, match="no random-effects term"):
-        compare_fixed_effects(Lmer("Reaction ~ Days", sleepstudy))
+    with pytest.raises(FormulaError, match="no random-effects term"):  # refused before any table
+        Lmer("Reaction ~ Days", sleepstudy)
     with pytest.raises(DataError, match="not a grouping factor"):
         compare_group_estimates(intercepts, factor="Days")
     with pytest.raises(ValueError, match="n_boot"):
         compare_variance_components(intercepts, n_boot=-1)
     with pytest.raises(DataError, match="no grouping factor"):
-        no_pooling_ols(Lmer("Reaction ~ Days", sleepstudy))
+        no_pooling_ols(build_design(parse_formula("Reaction ~ Days"), sleepstudy))
