@@ -29,6 +29,7 @@ __all__ = [
     "resolve_progressbar",
     "RHAT_MAX",
     "ESS_MIN",
+    "check_sampler_arguments",
 ]
 
 RHAT_MAX = 1.01
@@ -102,6 +103,13 @@ def _in_jupyter() -> bool:
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
     return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def check_sampler_arguments(draws: int, tune: int, chains: int) -> None:
+    """Raise ValueError unless draws and chains are positive integers and tune a non-negative one."""
+    for name, value in {"draws": draws, "tune": tune, "chains": chains}.items():
+        if not isinstance(value, int | np.integer) or value < (0 if name == "tune" else 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def default_sampler() -> str:

@@ -18,7 +18,14 @@ from bayeslmm.errors import ConvergenceWarning, FormulaError, NotFittedError
 from bayeslmm.families import Family, get_family
 from bayeslmm.formula import parse_formula
 from bayeslmm.frequentist import FrequentistResult, fit_frequentist
-from bayeslmm.inference import SamplerSettings, check_diagnostics, default_sampler, resolve_progressbar, sample
+from bayeslmm.inference import (
+    SamplerSettings,
+    check_diagnostics,
+    check_sampler_arguments,
+    default_sampler,
+    resolve_progressbar,
+    sample,
+)
 from bayeslmm.model import build_model, var_names
 from bayeslmm.priors import ModelPriors, default_priors
 
@@ -119,9 +126,7 @@ class Lmer:
         pandas.DataFrame
             :attr:`coefs`, as pymer4's ``fit`` returns.
         """
-        for name, value in {"draws": draws, "tune": tune, "chains": chains}.items():
-            if not isinstance(value, int | np.integer) or value < (0 if name == "tune" else 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_sampler_arguments(draws, tune, chains)
         self._clear_cache()
         progressbar = resolve_progressbar(progressbar)
         settings = dict(draws=draws, tune=tune, chains=chains, random_seed=random_seed, keep=self._kept_variables())

@@ -53,7 +53,13 @@ from bayeslmm.errors import BayeslmmError, ConvergenceWarning, DataError, Formul
 from bayeslmm.families import Family, get_family
 from bayeslmm.formula import parse_formula
 from bayeslmm.frequentist import FrequentistResult, fit_frequentist
-from bayeslmm.inference import SamplerSettings, check_diagnostics, resolve_progressbar, sample
+from bayeslmm.inference import (
+    SamplerSettings,
+    check_diagnostics,
+    check_sampler_arguments,
+    resolve_progressbar,
+    sample,
+)
 from bayeslmm.lmer import Lmer
 from bayeslmm.model import prior_variable
 from bayeslmm.priors import ModelPriors, Prior, default_priors
@@ -310,7 +316,7 @@ class Lm2(_SummaryFromParts):
         pandas.DataFrame
             :attr:`coefs`.
         """
-        _check_sampler_arguments(draws, tune, chains)
+        check_sampler_arguments(draws, tune, chains)
         for name in ("coefs", "fixef", "sigma", "data"):
             self.__dict__.pop(name, None)
         model = _build_lm2_model(self._design, self._codes, self.levels, self._priors, self.family)
@@ -459,12 +465,6 @@ class Lm2(_SummaryFromParts):
     def _require_fit(self, what: str) -> None:
         if self.idata is None:
             raise NotFittedError(f"{what} is not available before the model is fitted: call .fit() first")
-
-
-def _check_sampler_arguments(draws: int, tune: int, chains: int) -> None:
-    for name, value in {"draws": draws, "tune": tune, "chains": chains}.items():
-        if not isinstance(value, int | np.integer) or value < (0 if name == "tune" else 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _drop_missing_groups(frame: pd.DataFrame, group: str) -> pd.DataFrame:
