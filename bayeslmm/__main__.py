@@ -1,6 +1,6 @@
 """``python -m bayeslmm``: the command line of :mod:`bayeslmm.cli`."""
 
-from bayeslmm.cli import main
+from bayeslmm.io.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

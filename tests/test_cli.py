@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bayeslmm import cli, load, load_dataset
+from bayeslmm import load, load_dataset
+from bayeslmm.io import cli
 
 SMALL = ["--draws", "200", "--tune", "200", "--chains", "2", "--seed", "3"]
 SLOPES = "Reaction ~ Days + (Days | Subject)"

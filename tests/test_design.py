@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from bayeslmm import DataError, FormulaError, Lmer, load_dataset
-from bayeslmm.design import build_design
-from bayeslmm.formula import parse_formula
+from bayeslmm.spec.design import build_design
+from bayeslmm.spec.formula import parse_formula
 
 
 def design(formula, data):

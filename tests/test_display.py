@@ -8,7 +8,8 @@ import warnings
 import pytest
 
 from bayeslmm import Lm, Lm2, Lmer, lrt, load_dataset
-from bayeslmm import inference, report
+from bayeslmm.engines import sampling as inference
+from bayeslmm.results import report
 
 SMALL = {"draws": 200, "tune": 200, "chains": 2, "random_seed": 7}
 
@@ -49,7 +50,7 @@ def test_fitted_html_has_the_summary_tables(slopes):
 
 
 def test_text_and_html_come_from_the_same_parts(slopes):
-    parts = report.summary_parts(slopes)
+    parts = slopes.summary().parts
     text, page = slopes.summary(), slopes._repr_html_()
     assert text.startswith("\n".join(parts.header))
     for title, frame in parts.tables:
@@ -115,13 +116,13 @@ def test_explicit_progressbar_wins(monkeypatch):
     assert inference.resolve_progressbar(True) is True
     assert inference.resolve_progressbar(None) is False
     monkeypatch.delenv("CI")
-    monkeypatch.setattr(inference, "_stderr_is_tty", lambda: True)
+    monkeypatch.setattr(inference, "stderr_is_tty", lambda: True)
     assert inference.resolve_progressbar(None) is True
     assert inference.resolve_progressbar(False) is False
 
 
 def test_fit_passes_the_resolved_setting(sleep, monkeypatch):
-    from bayeslmm import marginal
+    from bayeslmm.engines import collapsed as marginal
 
     seen = []
     original = marginal.sample_marginal
@@ -131,7 +132,7 @@ def test_fit_passes_the_resolved_setting(sleep, monkeypatch):
         return original(*args, **(kwargs | {"progressbar": False}))  # keep the test log clean
 
     monkeypatch.setattr(marginal, "sample_marginal", spy)
-    monkeypatch.setattr(inference, "_stderr_is_tty", lambda: True)
+    monkeypatch.setattr(inference, "stderr_is_tty", lambda: True)
     model = Lmer("Reaction ~ Days + (1 | Subject)", sleep)
     small = {"draws": 50, "tune": 50, "chains": 1, "random_seed": 1}
     with warnings.catch_warnings():

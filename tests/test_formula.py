@@ -3,7 +3,7 @@
 import pytest
 
 from bayeslmm.errors import FormulaError, UnsupportedSyntaxError
-from bayeslmm.formula import RandomTerm, parse_formula
+from bayeslmm.spec.formula import RandomTerm, parse_formula
 
 
 @pytest.mark.parametrize(

@@ -309,13 +309,13 @@ def test_sampling_path_choice(fit_model, sleep):
     model = Lmer("Reaction ~ Days + (1 | Subject)", sleep, priors=heavy)
     with pytest.raises(ValueError, match="marginalize=True: the collapsed sampler needs"):
         model.fit(marginalize=True)
-    assert not model._uses_marginal_path(None, {})
+    assert not model._uses_collapsed_sampler(None, {})
 
 
 def test_large_log_likelihood_is_computed_on_demand(monkeypatch, sleep):
-    import bayeslmm.lmer
+    import bayeslmm.results.fitted
 
-    monkeypatch.setattr(bayeslmm.lmer, "LOG_LIKELIHOOD_MAX_VALUES", 1000)
+    monkeypatch.setattr(bayeslmm.results.fitted, "LOG_LIKELIHOOD_MAX_VALUES", 1000)
     model = Lmer("Reaction ~ Days + (1 | Subject)", sleep)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -23,7 +23,7 @@ from matplotlib.collections import LineCollection, PathCollection  # noqa: E402
 from matplotlib.quiver import Quiver  # noqa: E402
 
 from bayeslmm import DataError, Lmer, NotFittedError, load_dataset, plots  # noqa: E402
-from bayeslmm.model import var_names  # noqa: E402
+from bayeslmm.engines.posterior_names import var_names  # noqa: E402
 
 N_SUBJECTS = 18
 
@@ -316,7 +316,7 @@ def test_ppc_draws_into_given_axes(model):
 
 # ------------------------------------------------------------------------------------------ comparison
 def test_compare_plots_every_model_of_an_lrt(model, sleep, tmp_path):
-    from bayeslmm.comparison import lrt
+    from bayeslmm.analysis.comparison import lrt
 
     simpler = Lmer("Reaction ~ Days + (1 | Subject)", sleep)
     with warnings.catch_warnings():
@@ -369,7 +369,8 @@ def test_prior_posterior_selected_parameters_by_name_or_prior_key(model):
 
 
 def test_prior_of_the_intercept_is_on_the_reported_scale(model):
-    from bayeslmm.plots import _hyperparameters, _prior_draws
+    from bayeslmm.plots.common import hyperparameters as _hyperparameters
+    from bayeslmm.plots.priors import _prior_draws
 
     params = [p for p in _hyperparameters(model) if p.kind == "fixed"]
     draws = _prior_draws(model, params, 20000, seed=1)

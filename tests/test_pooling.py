@@ -15,13 +15,12 @@ import pandas as pd
 import pytest
 
 from bayeslmm import DataError, FormulaError, Lmer, NotFittedError, Prior, load_dataset, results, simulate_simpson
-from bayeslmm import pooling
-from bayeslmm.design import build_design
-from bayeslmm.formula import parse_formula
-from bayeslmm.frequentist import fit_frequentist
-from bayeslmm.pooling import (
-    Lm,
-    Lm2,
+from bayeslmm.analysis import pooling
+from bayeslmm.spec.design import build_design
+from bayeslmm.spec.formula import parse_formula
+from bayeslmm.results.frequentist import fit_frequentist
+from bayeslmm import Lm, Lm2
+from bayeslmm.analysis.pooling import (
     compare_fixed_effects,
     compare_group_estimates,
     compare_variance_components,
@@ -54,9 +53,12 @@ def simpson() -> pd.DataFrame:
 def lm2_and_sample_calls(sleepstudy):
     """Lm2 with a weak slope prior (the intercept's default prior is centred at each group's OLS value)."""
     model = Lm2("Reaction ~ Days", sleepstudy, group="Subject", priors={"Days": Prior("Normal", mu=0, sigma=1000)})
-    with mock.patch.object(pooling, "sample", wraps=pooling.sample) as sample:
+    from bayeslmm.engines import pymc_model, regression
+
+    with mock.patch.object(regression, "sample_regression", wraps=regression.sample_regression) as exact, \
+            mock.patch.object(pymc_model, "build_group_regressions", side_effect=AssertionError("compiled")):
         _fit(model)
-    return model, sample.call_count
+    return model, exact.call_count
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,13 @@ def simpson_lm(simpson) -> Lm:
 @pytest.fixture(scope="module")
 def simpson_lmer(simpson) -> Lmer:
     return _fit(Lmer("y ~ x + (x | participant)", simpson))
+
+
+def _same_fit(model: Lmer) -> Lmer:
+    """A new model object with ``model``'s posterior (its caches empty)."""
+    twin = Lmer(model.formula, model.design.data)
+    twin.restore(model.idata, model.sampler, model.warnings)
+    return twin
 
 
 def _per_subject_ols(data: pd.DataFrame) -> pd.DataFrame:
@@ -119,8 +128,9 @@ def test_no_pooling_ols_warns_for_unidentified_group(sleepstudy):
 
 # ----------------------------------------------------------------------------- Lm2
 def test_lm2_is_one_model_for_all_groups(lm2_and_sample_calls):
+    """Every group by the exact regression engine (one call each), no PyMC model compiled; one posterior."""
     model, calls = lm2_and_sample_calls
-    assert calls == 1
+    assert calls == 18 and model.sampler.sampler.startswith("exact regression")
     assert dict(model.posterior["beta"].sizes) == {"chain": 2, "draw": 500, "group": 18, "fixed_term": 2}
     assert dict(model.posterior["sigma"].sizes) == {"chain": 2, "draw": 500, "group": 18}
 
@@ -296,9 +306,13 @@ def test_variance_components_with_correlation(simpson_lmer):
 
 
 def test_stored_frequentist_fit_is_reused(intercepts, monkeypatch):
-    stored = fit_frequentist(intercepts.design)
-    monkeypatch.setattr(intercepts, "frequentist", stored, raising=False)
+    import bayeslmm.models.lmer
+
+    intercepts = _same_fit(intercepts)  # a fresh model object: nothing cached yet
+    stored = intercepts.fit_frequentist()
+    monkeypatch.setattr(bayeslmm.models.lmer, "fit_frequentist", mock.Mock(side_effect=AssertionError("refitted")))
     monkeypatch.setattr(pooling, "fit_frequentist", mock.Mock(side_effect=AssertionError("refitted")))
+    assert intercepts.fit_frequentist() is stored and intercepts.frequentist is stored
     compare_fixed_effects(intercepts)
     with pytest.raises(AssertionError, match="refitted"):  # ML was asked for: the REML fit does not do
         compare_fixed_effects(intercepts, REML=False)

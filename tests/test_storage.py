@@ -12,7 +12,7 @@ import xarray as xr
 
 import bayeslmm
 from bayeslmm import Lm, Lmer, NotFittedError, Prior, ResultFileError, load, load_dataset
-from bayeslmm.storage import FORMAT_VERSION
+from bayeslmm.results.archive import FORMAT_VERSION
 
 pytestmark = pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")
 
@@ -116,7 +116,7 @@ def test_data_dtypes_and_index_survive(correlated, awkward_sleep, tmp_path):
 
 def test_prior_overrides_are_restored(correlated, tmp_path):
     loaded = load(correlated.save(tmp_path / "priors.zarr"))
-    assert loaded._prior_overrides == correlated._prior_overrides
+    assert loaded.prior_overrides == correlated.prior_overrides
     assert loaded.priors.loc["Days", "prior"] == "Normal(mu=0, sigma=20)"
     assert loaded.priors.loc["corr(Subject)", "prior"] == "LKJ(eta=2)"
 

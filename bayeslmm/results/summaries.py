@@ -1,4 +1,4 @@
-"""Results: posterior draws turned into the tables pymer4 users know.
+"""Posterior summaries: draws turned into the tables pymer4 users know.
 
 Every table is built from one function, :func:`summarize`, which summarizes an array of draws with
 shape (chain, draw, m) into m rows: posterior mean (``Estimate``), posterior SD (``SE``), a credible
@@ -7,14 +7,15 @@ interval (equal-tailed by default, HDI on request), probability of direction ``p
 
 from __future__ import annotations
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayeslmm.design import Design, RandomBlock
+from bayeslmm.engines.diagnostics import ess_bulk, ess_tail, rhat
+from bayeslmm.engines.posterior_names import var_names
 from bayeslmm.errors import DataError
-from bayeslmm.model import var_names
+from bayeslmm.spec.design import Design
+from bayeslmm.spec.random_effects import RandomBlock
 
 __all__ = [
     "summarize",
@@ -24,11 +25,10 @@ __all__ = [
     "wide_by_factor",
     "ranef_var_table",
     "ranef_corr_table",
-    "linear_predictor",
     "stack_draws",
-    "posterior_mean_fit",
-    "pointwise_log_likelihood",
-    "posterior_predictive",
+    "coef_columns",
+    "group_tables",
+    "by_factor",
 ]
 
 
@@ -65,6 +65,8 @@ def summarize(
     flat = draws.reshape(-1, draws.shape[-1])
     low, high = interval_columns(prob)
     if hdi:
+        import arviz as az  # only for HDIs: ArviZ takes a second to import
+
         bounds = az.hdi(xr.DataArray(draws, dims=("chain", "draw", "q")), prob=prob).values
         lower, upper = bounds[:, 0], bounds[:, 1]
     else:
@@ -80,10 +82,9 @@ def summarize(
         index=index,
     )
     if diagnostics:
-        dataset = xr.Dataset({"x": (("chain", "draw", "q"), draws)})
-        table["R_hat"] = az.rhat(dataset)["x"].values if draws.shape[0] > 1 else np.nan
-        table["ESS_bulk"] = az.ess(dataset, method="bulk")["x"].values
-        table["ESS_tail"] = az.ess(dataset, method="tail")["x"].values
+        table["R_hat"] = rhat(draws) if draws.shape[0] > 1 else np.nan
+        table["ESS_bulk"] = ess_bulk(draws)
+        table["ESS_tail"] = ess_tail(draws)
     return table
 
 
@@ -146,17 +147,47 @@ def wide_by_factor(design: Design, posterior: xr.Dataset, total: bool) -> pd.Dat
     """
     _require_blocks(design)
     beta_mean = stack_draws(posterior, "beta").mean(axis=(0, 1))
+    effects = [stack_draws(posterior, var_names(block)["ranef"]).mean(axis=(0, 1)) for block in design.blocks]
+    return by_factor(design, group_tables(design, beta_mean if total else None, effects))
+
+
+def coef_columns(design: Design, factor: str) -> list[str]:
+    """Columns of lme4's ``coef()`` for ``factor``: terms with only a group effect first, then the fixed terms."""
+    fixed = set(design.fixed_terms)
+    random_only = [t for block in design.blocks_of(factor) for t in block.terms if t not in fixed]
+    return list(dict.fromkeys(random_only)) + list(design.fixed_terms)
+
+
+def group_tables(design: Design, beta: np.ndarray | None, effects: list[np.ndarray]) -> dict[str, pd.DataFrame]:
+    """Per-factor tables of group effects, the one layout both engines use.
+
+    Parameters
+    ----------
+    beta : ndarray, shape (p,), optional
+        Fixed effects: given, the tables are lme4's ``coef()`` (fixed plus group effects, every fixed
+        term a column, :func:`coef_columns` order); None gives ``ranef()`` (the blocks' terms).
+    effects : list of ndarray
+        Group effects of each block, shape (G, k), in formula order.
+    """
     tables = {}
     for factor, levels in design.factors.items():
-        frame = pd.DataFrame(index=pd.Index(levels, name=factor))
-        if total:
-            for j, term in enumerate(design.fixed_terms):
-                frame[term] = beta_mean[j]
-        for block in design.blocks_of(factor):
-            means = _group_coefficient_draws(design, posterior, block, total).mean(axis=(0, 1))
+        pairs = [(block, values) for block, values in zip(design.blocks, effects) if block.factor == factor]
+        if beta is None:
+            columns = list(dict.fromkeys(t for block, _ in pairs for t in block.terms))
+            base = dict.fromkeys(columns, 0.0)
+        else:
+            columns = coef_columns(design, factor)
+            base = {term: 0.0 for term in columns} | dict(zip(design.fixed_terms, beta))
+        values = np.tile([base[c] for c in columns], (len(levels), 1)).astype(float)
+        for block, block_values in pairs:
             for j, term in enumerate(block.terms):
-                frame[term] = means[:, j] + (frame[term].to_numpy() if term in frame and not total else 0.0)
-        tables[factor] = frame
+                values[:, columns.index(term)] += block_values[:, j]
+        tables[factor] = pd.DataFrame(values, index=pd.Index(levels, name=factor), columns=columns)
+    return tables
+
+
+def by_factor(design: Design, tables: dict[str, pd.DataFrame]) -> pd.DataFrame | dict[str, pd.DataFrame]:
+    """The single table when the model has one grouping factor, else the dict in formula order."""
     return tables if len(tables) > 1 else next(iter(tables.values()))
 
 
@@ -221,79 +252,3 @@ def _median_table(draws: np.ndarray, index: pd.Index, prob: float, value: str, *
     return table
 
 
-def linear_predictor(design: Design, posterior: xr.Dataset, draw_slice: slice | None = None) -> np.ndarray:
-    """Linear predictor ``X beta + sum Z ranef`` for posterior draws.
-
-    Parameters
-    ----------
-    draw_slice : slice, optional
-        Which of the flattened (chain x draw) draws to use; all by default.
-
-    Returns
-    -------
-    ndarray, shape (draws, n)
-    """
-    select = draw_slice or slice(None)
-    beta = stack_draws(posterior, "beta").reshape(-1, len(design.fixed_terms))[select]
-    eta = beta @ design.X.T
-    for block in design.blocks:
-        ranef = stack_draws(posterior, var_names(block)["ranef"])
-        ranef = ranef.reshape(-1, block.n_levels, block.n_terms)[select]
-        eta += np.einsum("snk,nk->sn", ranef[:, block.group_index, :], block.Z)
-    return eta
-
-
-def pointwise_log_likelihood(design: Design, posterior: xr.Dataset, family, chunk: int = 500) -> np.ndarray:
-    """Log-likelihood of every observation under every draw, in NumPy (no compilation).
-
-    Parameters
-    ----------
-    family : Family
-    chunk : int
-        Draws per batch, which bounds the memory of the intermediate linear predictor.
-
-    Returns
-    -------
-    ndarray, shape (chain, draw, n)
-    """
-    chains, draws = posterior.sizes["chain"], posterior.sizes["draw"]
-    total = chains * draws
-    aux = {name: stack_draws(posterior, name).reshape(-1) for name in family.aux}
-    values = np.empty((total, design.n_obs))
-    for start in range(0, total, chunk):
-        part = slice(start, min(start + chunk, total))
-        mu = family.inverse_link(linear_predictor(design, posterior, part))
-        values[part] = family.log_likelihood(design.y, mu, {k: v[part] for k, v in aux.items()})
-    return values.reshape(chains, draws, design.n_obs)
-
-
-def posterior_mean_fit(design: Design, posterior: xr.Dataset) -> np.ndarray:
-    """Posterior mean of the linear predictor, shape (n,): exact by linearity from posterior means."""
-    eta = design.X @ stack_draws(posterior, "beta").mean(axis=(0, 1))
-    for block in design.blocks:
-        ranef = stack_draws(posterior, var_names(block)["ranef"]).mean(axis=(0, 1))
-        eta += np.einsum("nk,nk->n", ranef[block.group_index], block.Z)
-    return eta
-
-
-def posterior_predictive(
-    design: Design, posterior: xr.Dataset, family, n_draws: int | None = None, random_seed: int | None = None
-) -> np.ndarray:
-    """Replicated data sets from the posterior predictive distribution.
-
-    Parameters
-    ----------
-    family : Family
-    n_draws : int, optional
-        How many posterior draws to use (evenly thinned); all by default.
-
-    Returns
-    -------
-    ndarray, shape (n_draws, n)
-    """
-    total = posterior.sizes["chain"] * posterior.sizes["draw"]
-    step = max(total // (n_draws or total), 1)
-    chosen = slice(0, step * min(n_draws or total, total), step)  # evenly thinned, never all draws at once
-    mu = family.inverse_link(linear_predictor(design, posterior, chosen))
-    aux = {name: stack_draws(posterior, name).reshape(-1)[chosen] for name in family.aux}
-    return family.random(mu, aux, np.random.default_rng(random_seed))

@@ -209,8 +209,8 @@ def _first_line(exc: BaseException) -> str:
 
 # ------------------------------------------------------------------------------------------- commands
 def _run_fit(args: argparse.Namespace) -> int:
-    from bayeslmm.lmer import Lmer
-    from bayeslmm.storage import check_save_path
+    from bayeslmm.io.storage import check_save_path
+    from bayeslmm.models.lmer import Lmer
 
     if args.save is not None:
         check_save_path(args.save)  # fail before sampling, not after
@@ -227,15 +227,15 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 
 def _run_summary(args: argparse.Namespace) -> int:
-    from bayeslmm.storage import load
+    from bayeslmm.io.storage import load
 
     print(load(args.path).summary())
     return EXIT_OK
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from bayeslmm.comparison import lrt
-    from bayeslmm.storage import load
+    from bayeslmm.analysis.comparison import lrt
+    from bayeslmm.io.storage import load
 
     if len(args.paths) < 2:
         raise InputError("compare needs two or more saved results")

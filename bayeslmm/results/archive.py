@@ -1,20 +1,20 @@
-"""Storage: save a fitted model to disk and load it back without sampling again.
+"""Archive: the file format of a saved fitted model, written and read back into its parts.
 
 A saved result is the model's ArviZ ``xarray.DataTree`` (``posterior``, ``sample_stats``,
 ``observed_data``, ``log_likelihood``, ... as they are) written with xarray, plus two things that let
-:func:`load` rebuild the model around it:
+:func:`bayeslmm.load` rebuild the model around it:
 
 - the group ``bayeslmm_data``: the model's data (the rows used, every column, the caller's index) as
   an Arrow IPC stream in a ``uint8`` array, because Arrow keeps pandas dtypes (integers, nullable
   integers, categoricals with their categories and order, strings, datetimes) exactly -- Parquet, for
   one, turns categoricals of numbers back into plain numbers;
 - the root attribute ``bayeslmm``: one JSON string with the format version, the class, formula,
-  family, the prior overrides as given, the sampler settings, the diagnostics warnings and the number
-  of rows dropped for missing values.
+  family, the prior overrides as given, the class's other constructor arguments, the sampler
+  settings, the diagnostics warnings and the number of rows dropped for missing values.
 
-:func:`load` re-runs formula -> design on the saved data (deterministic), resolves the priors again
-and attaches the saved draws, so every table (``coefs``, ``ranef``, ``data``, ...) is recomputed from
-the same numbers and equals the original exactly.
+:func:`read` gives these parts back; :func:`bayeslmm.io.storage.load` re-runs formula -> design on the
+saved data (deterministic), resolves the priors again and attaches the saved draws, so every table
+(``coefs``, ``ranef``, ``data``, ...) is recomputed from the same numbers and equals the original exactly.
 
 Two containers, chosen by the suffix: ``.zarr`` (a directory; Zarr ships with bayeslmm's
 dependencies) and ``.nc`` (one NetCDF-4 file; needs ``h5netcdf`` or ``netCDF4``).
@@ -29,6 +29,7 @@ import os
 import shutil
 import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,17 +37,19 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayeslmm.engines.sampling import SamplerSettings
 from bayeslmm.errors import NotFittedError, ResultFileError
-from bayeslmm.inference import SamplerSettings
-from bayeslmm.priors import Prior
+from bayeslmm.spec.priors import Prior
 
 if TYPE_CHECKING:
-    from bayeslmm.lmer import Lmer
+    from bayeslmm.results.fitted import FittedModel
 
-__all__ = ["save", "load", "check_save_path", "ResultFileError", "FORMAT_VERSION", "SUFFIXES"]
+__all__ = ["save", "read", "Archive", "check_save_path", "FORMAT_VERSION", "SUFFIXES", "SAVABLE"]
 
-#: Version of the layout below; :func:`load` refuses files written by a newer one.
-FORMAT_VERSION = 1
+#: Version of the layout below; :func:`read` refuses files written by a newer one.
+FORMAT_VERSION = 2
+#: The classes whose fitted models can be saved.
+SAVABLE = ("Lmer", "Lm", "Lm2")
 SUFFIXES = (".zarr", ".nc")
 _META = "bayeslmm"
 _DATA_GROUP = "bayeslmm_data"
@@ -55,12 +58,12 @@ _ZARR_NOISE = "Consolidated metadata is currently not part"
 
 
 # ------------------------------------------------------------------------------------------ save
-def save(model: "Lmer", path: str | os.PathLike, overwrite: bool = True) -> Path:
-    """Write a fitted :class:`~bayeslmm.Lmer` (or :class:`~bayeslmm.Lm`) to ``path``.
+def save(model: "FittedModel", path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write a fitted :class:`~bayeslmm.Lmer` (or :class:`~bayeslmm.Lm`, :class:`~bayeslmm.Lm2`) to ``path``.
 
     Parameters
     ----------
-    model : Lmer
+    model : FittedModel
         A fitted model.
     path : str or path-like
         Ending in ``.zarr`` or ``.nc``.
@@ -85,8 +88,8 @@ def save(model: "Lmer", path: str | os.PathLike, overwrite: bool = True) -> Path
     """
     path = Path(path)
     kind = type(model).__name__
-    if kind not in _classes():
-        raise ResultFileError(f"cannot save a {kind}: saving supports {', '.join(_classes())}")
+    if kind not in SAVABLE:
+        raise ResultFileError(f"cannot save a {kind}: saving supports {', '.join(SAVABLE)}")
     if not model.fitted:
         raise NotFittedError(f"cannot save an unfitted {kind}: call .fit() first, then .save({str(path)!r})")
     engine = check_save_path(path, overwrite)
@@ -95,13 +98,6 @@ def save(model: "Lmer", path: str | os.PathLike, overwrite: bool = True) -> Path
     tree.attrs = {**model.idata.attrs, _META: json.dumps(_metadata(model))}
     _write(tree, path, engine)
     return path
-
-
-def _classes() -> dict[str, type]:
-    from bayeslmm.lmer import Lmer
-    from bayeslmm.pooling import Lm  # pooling imports lmer: import here, not at module level
-
-    return {"Lmer": Lmer, "Lm": Lm}
 
 
 def _engine(path: Path) -> str:
@@ -153,7 +149,7 @@ def _is_result(path: Path) -> bool:
     return True
 
 
-def _metadata(model: "Lmer") -> dict[str, Any]:
+def _metadata(model: "FittedModel") -> dict[str, Any]:
     from bayeslmm import __version__
 
     return {
@@ -162,7 +158,8 @@ def _metadata(model: "Lmer") -> dict[str, Any]:
         "class": type(model).__name__,
         "formula": model.formula,
         "family": model.family.name,
-        "priors": {key: _encode_prior(value) for key, value in model._prior_overrides.items()},
+        "priors": {key: _encode_prior(value) for key, value in model.prior_overrides.items()},
+        "arguments": model.init_arguments,
         "sampler": dataclasses.asdict(model.sampler),
         "warnings": list(model.warnings),
         "n_dropped": int(model.design.n_dropped),
@@ -223,20 +220,41 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-# ------------------------------------------------------------------------------------------ load
-def load(path: str | os.PathLike) -> "Lmer":
-    """Load a model written by :meth:`Lmer.save <bayeslmm.Lmer.save>`, fitted, without sampling.
+# ------------------------------------------------------------------------------------------ read
+@dataclass(frozen=True)
+class Archive:
+    """What a saved result holds, ready to rebuild the model.
 
-    Parameters
+    Attributes
     ----------
-    path : str or path-like
-        A ``.zarr`` directory or ``.nc`` file.
+    kind : str
+        The class name (``"Lmer"``, ``"Lm"``, ``"Lm2"``).
+    formula, family : str
+    priors : dict
+        The prior overrides as given.
+    arguments : dict
+        Other constructor arguments (``Lm2``'s ``group``).
+    data : pandas.DataFrame
+    idata : xarray.DataTree
+    sampler : SamplerSettings
+    warnings : list of str
+    n_dropped : int
+    """
 
-    Returns
-    -------
-    Lmer
-        Or :class:`~bayeslmm.Lm`, as saved: ``idata``, ``sampler`` and ``warnings`` restored, every
-        table recomputed from the saved draws (equal to the original's).
+    kind: str
+    formula: str
+    family: str
+    priors: dict
+    arguments: dict
+    data: pd.DataFrame
+    idata: xr.DataTree
+    sampler: SamplerSettings
+    warnings: list
+    n_dropped: int
+
+
+def read(path: str | os.PathLike) -> Archive:
+    """Read a result written by :func:`save`.
 
     Raises
     ------
@@ -244,28 +262,24 @@ def load(path: str | os.PathLike) -> "Lmer":
         Nothing at ``path``.
     ResultFileError
         ``path`` is not a bayeslmm result (or was written by a newer bayeslmm).
-
-    Examples
-    --------
-    >>> model.save("sleep.zarr")  # doctest: +SKIP
-    >>> same = bayeslmm.load("sleep.zarr")  # doctest: +SKIP
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no saved result at {str(path)!r}")
     tree = _open(path)
     meta = _read_metadata(tree, path)
-    data = _bytes_to_frame(tree[_DATA_GROUP]["arrow_ipc"].values, path)
-    cls = _classes()[meta["class"]]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the missing-value warning was given when the model was built
-        model = cls(meta["formula"], data, family=meta["family"], priors=_decode_priors(meta["priors"]))
-    if meta["n_dropped"]:
-        model._design = dataclasses.replace(model._design, n_dropped=meta["n_dropped"])
-    model.idata = _model_tree(tree)
-    model.sampler = SamplerSettings(**meta["sampler"])
-    model.warnings = list(meta["warnings"])
-    return model
+    return Archive(
+        kind=meta["class"],
+        formula=meta["formula"],
+        family=meta["family"],
+        priors=_decode_priors(meta["priors"]),
+        arguments=dict(meta.get("arguments", {})),
+        data=_bytes_to_frame(tree[_DATA_GROUP]["arrow_ipc"].values, path),
+        idata=_model_tree(tree),
+        sampler=SamplerSettings(**meta["sampler"]),
+        warnings=list(meta["warnings"]),
+        n_dropped=int(meta["n_dropped"]),
+    )
 
 
 def _open(path: Path) -> xr.DataTree:
@@ -302,7 +316,7 @@ def _read_metadata(tree: xr.DataTree, path: Path) -> dict[str, Any]:
             f"{str(path)!r}: result format version {version!r} is newer than this bayeslmm reads ({FORMAT_VERSION}); "
             "upgrade bayeslmm"
         )
-    if meta.get("class") not in _classes():
+    if meta.get("class") not in SAVABLE:
         raise ResultFileError(f"{str(path)!r} holds a {meta.get('class')!r}, which this bayeslmm cannot load")
     return meta
 

@@ -18,37 +18,42 @@ Public functions (each takes fitted :class:`~bayeslmm.Lmer` models):
 ``n_parameters(m)``      number of parameters, as lme4's ``npar``/``Df`` in ``anova``
 =======================  ===========================================================================
 
-Refits (K-fold and exact refits of high-k points) do not rebuild or recompile the model: the model is
-compiled once per :class:`~bayeslmm.Lmer` with a per-observation weight on its log-likelihood
-(``nutpie.compile_pymc_model``), and each refit only swaps the weight vector (0 for held-out rows)
-and samples again. The predictive density of a held-out row is the average over posterior draws of
-its likelihood, ``log mean_s p(y_i | theta_s)``.
+Refits (K-fold and exact refits of high-k points) compile nothing per refit. Models the collapsed
+sampler handles are refitted by it on the kept rows (held-out rows removed, every group level kept, the
+priors of the full fit), in a fraction of a second each. Other models are compiled once (PyMC with a
+per-observation weight on its log-likelihood, ``nutpie.compile_pymc_model``), and each refit only swaps
+the weight vector (0 for held-out rows) and samples again. The predictive density of a held-out row is
+the average over posterior draws of its likelihood, ``log mean_s p(y_i | theta_s)``.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import arviz as az
 import numpy as np
 import pandas as pd
-import pymc as pm
 import xarray as xr
 from arviz_stats.loo import SamplingWrapper
 from arviz_stats.utils import ELPDData
 from scipy.special import logsumexp
 
-from bayeslmm import results
-from bayeslmm.design import Design
-from bayeslmm.errors import ConvergenceWarning, DataError, NotFittedError, ParetoKWarning
-from bayeslmm.model import build_model, var_names
+from bayeslmm.engines import collapsed
+from bayeslmm.errors import (
+    ConvergenceWarning,
+    DataError,
+    NotFittedError,
+    ParetoKWarning,
+)
+from bayeslmm.results import posterior as posterior_eval
+from bayeslmm.results import summaries
+from bayeslmm.spec.design import Design
 
 if TYPE_CHECKING:
-    from bayeslmm.lmer import Lmer
+    from bayeslmm.results.fitted import FittedModel as Lmer
 
 __all__ = [
     "K_THRESHOLD",
@@ -129,15 +134,9 @@ def _collect_models(models: tuple, what: str) -> list["Lmer"]:
 
 
 # ============================================================================== log-likelihood
-def _subset(design: Design, rows: np.ndarray) -> Design:
-    """The design restricted to ``rows`` (positions), for held-out predictions."""
-    blocks = tuple(replace(b, Z=b.Z[rows], group_index=b.group_index[rows]) for b in design.blocks)
-    return replace(design, y=design.y[rows], X=design.X[rows], blocks=blocks, data=design.data.iloc[rows])
-
-
 def _log_likelihood(model: "Lmer", posterior: xr.Dataset, rows: np.ndarray) -> np.ndarray:
     """Pointwise log-likelihood of ``rows`` under ``posterior``, shape (chain, draw, len(rows))."""
-    return results.pointwise_log_likelihood(_subset(model.design, rows), posterior, model.family)
+    return posterior_eval.pointwise_log_likelihood(model.design.subset(rows), posterior, model.family)
 
 
 def _loo_tree(model: "Lmer") -> xr.DataTree:
@@ -147,9 +146,7 @@ def _loo_tree(model: "Lmer") -> xr.DataTree:
     The ``obs`` dimension gets integer coordinates (ArviZ's refit functions select by coordinate).
     """
     idata = model.idata
-    if "log_likelihood" not in idata.children or "y" not in idata["log_likelihood"].data_vars:
-        model._add_log_likelihood()
-    log_lik = idata["log_likelihood"].to_dataset()[["y"]]
+    log_lik = xr.Dataset({"y": model.log_likelihood()})
     if log_lik.sizes["obs"] != model.design.n_obs:
         raise DataError(
             f"the log-likelihood of {model.formula!r} has {log_lik.sizes['obs']} observations but the "
@@ -307,45 +304,56 @@ def waic(model: "Lmer", warn: bool = True) -> ELPDDataWAIC:
 
 # ============================================================================== refits
 class _Refitter:
-    """One compiled weighted model; :meth:`sample` refits it with other weights, without recompiling."""
+    """Refits of one model with observations held out, compiling nothing per refit.
+
+    Models the collapsed sampler handles are refitted by it on the kept rows (every group level kept,
+    the full fit's priors); other models are compiled once as a PyMC model with per-observation
+    log-likelihood weights, and each refit swaps the weights (0 for held-out rows).
+    """
 
     def __init__(self, model: "Lmer") -> None:
-        import nutpie
-
-        self._nutpie = nutpie
         start = time.perf_counter()
-        keep = ["beta", *model.family.aux] + [var_names(block)["ranef"] for block in model.design.blocks]
-        self.compiled = nutpie.compile_pymc_model(build_model(model.design, model._priors, model.family, weighted=True), var_names=keep)
+        self.model = model
+        self.collapsed = collapsed.supports(model.design, model.model_priors, model.family)
+        self.compiled = None
+        if not self.collapsed:
+            import nutpie
+
+            from bayeslmm.engines.posterior_names import var_names
+            from bayeslmm.engines.pymc_model import build_model
+
+            keep = ["beta", *model.family.aux] + [var_names(block)["ranef"] for block in model.design.blocks]
+            weighted = build_model(model.design, model.model_priors, model.family, weighted=True)
+            self.compiled = nutpie.compile_pymc_model(weighted, var_names=keep)
         self.compile_seconds = time.perf_counter() - start
 
     def sample(
         self, weights: np.ndarray, *, draws: int, tune: int, chains: int, seed: int, **options: Any
     ) -> tuple[xr.Dataset, int, float]:
-        """Posterior with these weights, its number of divergences, and the seconds it took."""
+        """Posterior with these weights (0 holds a row out), its number of divergences, and the seconds it took."""
         start = time.perf_counter()
-        trace = self._nutpie.sample(
-            self.compiled.with_data(loglik_weight=weights),
-            draws=draws,
-            tune=tune,
-            chains=chains,
-            seed=seed,
-            progress_bar=False,
-            save_warmup=False,
-            **options,
-        )
-        stats = trace["sample_stats"].to_dataset()
+        if self.collapsed:
+            kept = np.asarray(weights) > 0
+            options.pop("nuts_sampler", None)
+            tree, _ = collapsed.sample_marginal(
+                self.model.design.subset(kept), self.model.model_priors, draws=draws, tune=tune, chains=chains,
+                random_seed=seed, **options,
+            )
+        else:
+            import nutpie
+
+            tree = nutpie.sample(
+                self.compiled.with_data(loglik_weight=weights), draws=draws, tune=tune, chains=chains, seed=seed,
+                progress_bar=False, save_warmup=False, **options,
+            )
+        stats = tree["sample_stats"].to_dataset()
         divergences = int(stats["diverging"].sum()) if "diverging" in stats else 0
-        return trace["posterior"].to_dataset(), divergences, time.perf_counter() - start
-
-
-_REFITTERS: "weakref.WeakKeyDictionary[Lmer, _Refitter]" = weakref.WeakKeyDictionary()
+        return tree["posterior"].to_dataset(), divergences, time.perf_counter() - start
 
 
 def _refitter(model: "Lmer") -> _Refitter:
-    """The model's compiled weighted model, compiled on first use and kept while the model lives."""
-    if model not in _REFITTERS:
-        _REFITTERS[model] = _Refitter(model)
-    return _REFITTERS[model]
+    """The model's refitter, made on first use and kept with the model (see ``FittedModel.resource``)."""
+    return model.resource("refitter", lambda: _Refitter(model))
 
 
 def _fit_settings(model: "Lmer") -> dict[str, Any]:
@@ -553,14 +561,14 @@ def r2(model: "Lmer", prob: float = 0.95) -> pd.DataFrame:
     design, family = model.design, model.family
     chains, draws = posterior.sizes["chain"], posterior.sizes["draw"]
     total = chains * draws
-    beta = results.stack_draws(posterior, "beta").reshape(total, -1)
+    beta = summaries.stack_draws(posterior, "beta").reshape(total, -1)
     values = np.empty((total, 2))
     for start in range(0, total, _DRAW_CHUNK):
         part = slice(start, min(start + _DRAW_CHUNK, total))
         values[part, 0] = _r2_draws(design.y, family.inverse_link(beta[part] @ design.X.T))
-        values[part, 1] = _r2_draws(design.y, family.inverse_link(results.linear_predictor(design, posterior, part)))
+        values[part, 1] = _r2_draws(design.y, family.inverse_link(posterior_eval.linear_predictor(design, posterior, part)))
     index = pd.Index(["marginal", "conditional"], name="R2")
-    table = results.summarize(values.reshape(chains, draws, 2), index, prob=prob, diagnostics=False)
+    table = summaries.summarize(values.reshape(chains, draws, 2), index, prob=prob, diagnostics=False)
     return table.drop(columns="pd")
 
 

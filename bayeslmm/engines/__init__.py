@@ -1,0 +1,10 @@
+"""Engines: everything that fits a specified model.
+
+:mod:`~bayeslmm.engines.collapsed` (the exact collapsed sampler for Gaussian models),
+:mod:`~bayeslmm.engines.pymc_model` (the full PyMC model and NUTS), :mod:`~bayeslmm.engines.regression`
+(exact Bayesian linear regression for ``Lm`` and ``Lm2``), :mod:`~bayeslmm.engines.reml` (lme4's REML/ML),
+:mod:`~bayeslmm.engines.least_squares` (no- and complete-pooling references), with the shared pieces:
+:mod:`~bayeslmm.engines.sampling` (settings and argument checks), :mod:`~bayeslmm.engines.diagnostics`,
+:mod:`~bayeslmm.engines.progress`, :mod:`~bayeslmm.engines.nutpie_bridge` and
+:mod:`~bayeslmm.engines.numerical`.
+"""

@@ -1,0 +1,2 @@
+"""The user-facing models: :class:`~bayeslmm.models.lmer.Lmer` (partial pooling),
+:class:`~bayeslmm.models.lm.Lm` (complete pooling) and :class:`~bayeslmm.models.lm2.Lm2` (no pooling)."""

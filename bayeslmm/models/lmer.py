@@ -1,0 +1,300 @@
+"""Lmer: the user-facing linear mixed model, pymer4's API on a Bayesian engine."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, ClassVar
+
+import pandas as pd
+import xarray as xr
+
+from bayeslmm.analysis import pooling
+from bayeslmm.engines import collapsed
+from bayeslmm.engines.posterior_names import var_names
+from bayeslmm.engines.sampling import SamplerSettings
+from bayeslmm.errors import FormulaError
+from bayeslmm.models.base import Model
+from bayeslmm.results import summaries
+from bayeslmm.results.frequentist import FrequentistResult, fit_frequentist
+from bayeslmm.results.report import SummaryParts, display_table
+from bayeslmm.spec.design import build_design
+from bayeslmm.spec.families import Family, get_family
+from bayeslmm.spec.formula import parse_formula
+from bayeslmm.spec.priors import default_priors
+
+__all__ = ["Lmer"]
+
+
+class Lmer(Model):
+    """Bayesian linear mixed model from an lme4 formula.
+
+    Parameters
+    ----------
+    formula : str
+        lme4 syntax, e.g. ``"Reaction ~ Days + (Days | Subject)"``. Supported random terms: ``(1|g)``,
+        ``(x|g)``, ``(0+x|g)``, ``(x||g)``, ``(1|g1/g2)``, ``(1|g1:g2)``, crossed and several blocks.
+    data : pandas.DataFrame or polars.DataFrame
+        Never modified. Rows with missing values in the columns used are dropped with a warning.
+    family : str
+        ``"gaussian"``.
+    priors : dict, optional
+        Overrides of the default priors; see :mod:`bayeslmm.spec.priors`.
+
+    Raises
+    ------
+    FormulaError, UnsupportedSyntaxError, DataError, PriorError
+        On bad input, before anything is sampled.
+
+    Examples
+    --------
+    >>> from bayeslmm import Lmer, load_dataset
+    >>> model = Lmer("Reaction ~ Days + (Days | Subject)", load_dataset("sleepstudy"))
+    >>> model.fit(random_seed=1)  # doctest: +SKIP
+    >>> model.coefs  # doctest: +SKIP
+    """
+
+    _cached: ClassVar[tuple[str, ...]] = ("coefs", "fixef", "ranef", "ranef_var", "ranef_corr", "data")
+
+    def __init__(self, formula: str, data: Any, family: str | Family = "gaussian", priors: dict | None = None) -> None:
+        family = get_family(family)
+        parsed = parse_formula(formula)
+        if not parsed.random:
+            raise FormulaError(
+                f"formula {formula!r} has no random-effects term such as '(1 | group)' (lme4 refuses it "
+                "too); use bayeslmm.Lm for a regression without groups"
+            )
+        design = build_design(parsed, data, family)
+        super().__init__(formula, design, family, default_priors(design, priors, family), priors)
+
+    # ----------------------------------------------------------------------------------- fitting
+    def fit(
+        self,
+        draws: int = 1000,
+        tune: int = 1000,
+        chains: int = 4,
+        random_seed: int | None = None,
+        summarize: bool = False,
+        progressbar: bool | None = None,
+        marginalize: bool | None = None,
+        **sampler_options: Any,
+    ) -> pd.DataFrame | None:
+        """Sample the posterior.
+
+        Parameters
+        ----------
+        draws, tune, chains : int
+            Kept draws per chain, tuning steps per chain, number of chains.
+        random_seed : int, optional
+            The same seed gives the same draws.
+        summarize : bool
+            Print :meth:`summary` afterwards (and return None, so a notebook cell shows it once).
+        progressbar : bool, optional
+            Show a progress bar. ``None`` (default) decides: on in a Jupyter kernel or when standard
+            error is a terminal, off when the ``CI`` environment variable is set or output goes to a file
+            (see :func:`bayeslmm.engines.sampling.auto_progressbar`).
+        marginalize : bool, optional
+            How to sample. ``None`` (default) chooses: gaussian models the collapsed sampler of
+            :mod:`bayeslmm.engines.collapsed` supports (Normal fixed-effect priors, moderate numbers of
+            group effects) integrate the fixed and group effects out exactly, sample only the variance
+            parameters, and draw the effects from their exact conditional (no compilation, about 10x
+            faster); every other model samples the full PyMC model. ``False`` forces the full model;
+            ``True`` requires the collapsed sampler and raises if it does not apply. Both sample the
+            same posterior.
+        **sampler_options
+            ``target_accept`` (e.g. 0.95), ``maxdepth``, ``cores``; ``nuts_sampler="pymc"`` uses PyMC's
+            own NUTS on the full model; ``method="imh"`` or ``"nuts"`` chooses the collapsed sampler's
+            algorithm. Any other keyword is a TypeError before sampling.
+
+        Returns
+        -------
+        pandas.DataFrame or None
+            :attr:`coefs`, as pymer4's ``fit`` returns; None with ``summarize=True``.
+        """
+        return self._fit_loop(
+            draws, tune, chains, random_seed, summarize, progressbar, {"marginalize": marginalize}, sampler_options
+        )
+
+    def _sample(self, *, marginalize: bool | None = None, **settings: Any) -> tuple[xr.DataTree, SamplerSettings]:
+        keep = self._kept_variables()
+        options = {k: v for k, v in settings.items() if k not in ("draws", "tune", "chains", "random_seed", "progressbar")}
+        base = {k: settings[k] for k in ("draws", "tune", "chains", "random_seed")}
+        if self._uses_collapsed_sampler(marginalize, options):
+            return collapsed.sample_marginal(
+                self.design, self.model_priors, keep=keep, progressbar=settings["progressbar"], **base, **options
+            )
+        from bayeslmm.engines.pymc_model import (  # PyMC loads only for this path
+            build_model,
+            sample_pymc,
+        )
+
+        options.pop("method", None)
+        model = build_model(self.design, self.model_priors, self.family)
+        return sample_pymc(model, keep=keep, progressbar=settings["progressbar"], **base, **options)
+
+    def _uses_collapsed_sampler(self, marginalize: bool | None, options: dict) -> bool:
+        """Whether to use the exact collapsed sampler (see :meth:`fit`)."""
+        if marginalize is False:
+            return False
+        possible = options.get("nuts_sampler", "nutpie") == "nutpie" and collapsed.supports(
+            self.design, self.model_priors, self.family
+        )
+        if marginalize and not possible:
+            raise ValueError(
+                "marginalize=True: the collapsed sampler needs a gaussian family, Normal priors on the "
+                f"fixed effects, nutpie, and at most {collapsed.MAX_DENSE} fixed effects plus group effects "
+                "outside the largest block; use marginalize=None to fall back to the full model automatically"
+            )
+        return possible
+
+    def _kept_variables(self) -> list[str]:
+        names = ["beta"] + list(self.family.aux)
+        for block in self.design.blocks:
+            v = var_names(block)
+            names += [v["sd"], v["ranef"]] + ([v["corr"]] if block.n_terms > 1 else [])
+        return names
+
+    def _diagnosed_variables(self) -> list[str]:
+        """Fixed effects, SDs, correlations and family parameters (not the group effects)."""
+        return [name for name in self._kept_variables() if not name.startswith("ranef_")]
+
+    # ----------------------------------------------------------------------------------- frequentist
+    def fit_frequentist(self, REML: bool = True) -> FrequentistResult:
+        """Fit the same model by REML (default) or ML, as lme4 does (computed once per criterion).
+
+        Returns
+        -------
+        FrequentistResult
+            With ``coefs`` (Estimate, SE, 2.5_ci, 97.5_ci, DF, T-stat, P-val; Satterthwaite DF),
+            ``ranef_var``, ``ranef_corr``, ``ranef`` (BLUPs), ``fixef``, ``logLike``, ``AIC``, ``BIC``.
+        """
+        result = self.resource(
+            f"frequentist REML={bool(REML)}", lambda: fit_frequentist(self.design, REML=bool(REML), family=self.family)
+        )
+        self._last_frequentist = result
+        return result
+
+    @property
+    def frequentist(self) -> FrequentistResult | None:
+        """The (RE)ML fit last asked for with :meth:`fit_frequentist`, or None."""
+        return getattr(self, "_last_frequentist", None)
+
+    def compare_group_estimates(self, factor: str | None = None, prob: float = 0.95, REML: bool = True) -> pd.DataFrame:
+        """Per-group coefficients under no, partial (frequentist and Bayesian) and complete pooling.
+
+        One tidy row per (level, term); see :func:`bayeslmm.analysis.pooling.compare_group_estimates`.
+        """
+        return pooling.compare_group_estimates(self, factor=factor, prob=prob, REML=REML)
+
+    def compare_fixed_effects(self, prob: float = 0.95, REML: bool = True) -> pd.DataFrame:
+        """Fixed effects of the (RE)ML fit next to their posterior summaries; see :mod:`bayeslmm.analysis.pooling`."""
+        return pooling.compare_fixed_effects(self, prob=prob, REML=REML)
+
+    def compare_variance_components(
+        self, prob: float = 0.95, REML: bool = True, n_boot: int = 0, random_seed: int | None = None
+    ) -> pd.DataFrame:
+        """Random-effect SDs and correlations: (RE)ML estimate next to the posterior median and interval.
+
+        ``n_boot > 0`` adds a parametric-bootstrap interval for the (RE)ML estimates; see
+        :func:`bayeslmm.analysis.pooling.compare_variance_components`.
+        """
+        return pooling.compare_variance_components(self, prob=prob, REML=REML, n_boot=n_boot, random_seed=random_seed)
+
+    # ----------------------------------------------------------------------------------- results
+    @cached_property
+    def fixef(self) -> pd.DataFrame | dict[str, pd.DataFrame]:
+        """Per-group coefficients, fixed plus random (lme4's ``coef()``): posterior means, levels x terms."""
+        self._require_fit("fixef")
+        return summaries.wide_by_factor(self.design, self.posterior, total=True)
+
+    @cached_property
+    def ranef(self) -> pd.DataFrame | dict[str, pd.DataFrame]:
+        """Per-group deviations from the fixed effects (lme4's ``ranef()``): posterior means, levels x terms."""
+        self._require_fit("ranef")
+        return summaries.wide_by_factor(self.design, self.posterior, total=False)
+
+    def ranef_summary(self, total: bool = False, prob: float = 0.95, hdi: bool = False) -> pd.DataFrame:
+        """Tidy table of every group effect with posterior mean, SD, interval and pd.
+
+        Parameters
+        ----------
+        total : bool
+            False for deviations (``ranef``), True for group coefficients (``fixef``).
+        """
+        self._require_fit("ranef_summary")
+        return summaries.ranef_long(self.design, self.posterior, total=total, prob=prob, hdi=hdi)
+
+    @cached_property
+    def ranef_var(self) -> pd.DataFrame:
+        """Variance components: ``Name``, ``Var``, ``Std`` (posterior medians) and a 95% interval of ``Std``."""
+        self._require_fit("ranef_var")
+        return summaries.ranef_var_table(self.design, self.posterior)
+
+    @cached_property
+    def ranef_corr(self) -> pd.DataFrame | None:
+        """Correlations of group effects: ``IV1``, ``IV2``, ``Corr`` (posterior median), interval; None if none."""
+        self._require_fit("ranef_corr")
+        return summaries.ranef_corr_table(self.design, self.posterior)
+
+    # ----------------------------------------------------------------------------------- plots
+    def plot_group_fits(self, x: str | None = None, group: str | None = None, **options: Any):
+        """One facet per group: data, posterior mean and credible bands; see :func:`bayeslmm.plots.plot_group_fits`."""
+        from bayeslmm import plots  # matplotlib is imported only when a plot is drawn
+
+        return plots.plot_group_fits(self, x, group, **options)
+
+    def plot_shrinkage(self, terms: str | list[str] | None = None, group: str | None = None, **options: Any):
+        """No-pooling -> partial-pooling arrows per group; see :func:`bayeslmm.plots.plot_shrinkage`."""
+        from bayeslmm import plots
+
+        return plots.plot_shrinkage(self, terms, group, **options)
+
+    def plot_caterpillar(self, group: str | None = None, terms: str | list[str] | None = None, **options: Any):
+        """Sorted group effects with intervals, one panel per term; see :func:`bayeslmm.plots.plot_caterpillar`."""
+        from bayeslmm import plots
+
+        return plots.plot_caterpillar(self, group, terms, **options)
+
+    def plot_variance_components(self, **options: Any):
+        """Posterior densities of SDs and correlations; see :func:`bayeslmm.plots.plot_variance_components`."""
+        from bayeslmm import plots
+
+        return plots.plot_variance_components(self, **options)
+
+    # ----------------------------------------------------------------------------------- printing
+    def _header(self) -> list[str]:
+        design = self.design
+        groups = ", ".join(f"{factor}, {count}" for factor, count in self.grps.items())
+        title = (
+            f"Bayesian linear mixed model (bayeslmm) fit by {self.sampler}"
+            if self.fitted
+            else "Bayesian linear mixed model (bayeslmm), not fitted yet: call .fit()"
+        )
+        return [
+            title,
+            f"Formula: {self.formula}",
+            f"Family: {self.family.name} ({self.family.link.name} link)",
+            f"Number of obs: {design.n_obs}; groups: {groups}"
+            + (f"; {design.n_dropped} rows dropped for missing values" if design.n_dropped else ""),
+        ]
+
+    def _summary_parts(self) -> SummaryParts:
+        """What the summary says; an unfitted model lists its priors instead."""
+        if not self.fitted:
+            return SummaryParts(self._header(), [("Priors:", self.priors)])
+        tables = [("Random effects (posterior median of Var and Std, 95% interval of Std):", self.ranef_var)]
+        if self.ranef_corr is not None:
+            tables.append(("Correlations of random effects (posterior median, 95% interval):", self.ranef_corr))
+        tables.append(
+            (
+                "Fixed effects (posterior mean, 95% equal-tailed interval, posterior SD, probability of direction):",
+                display_table(self.coefs.drop(columns=["ESS_tail"])),
+            )
+        )
+        return SummaryParts(self._header(), tables, diagnostics=list(self.warnings))
+
+    def __repr__(self) -> str:
+        groups = ", ".join(f"{factor}: {count}" for factor, count in self.grps.items())
+        return (
+            f"Lmer({self.formula!r}, family={self.family.name!r}, n={self.design.n_obs}, groups: {groups}; "
+            f"{self._fit_state()})"
+        )

@@ -1,0 +1,396 @@
+"""Design: from a parsed formula and a data frame to the model matrices a mixed model is built from.
+
+formulae (Bambi's formula engine) builds every model matrix (the fixed part and each random block's
+expression); this module checks the data first so that mistakes surface as clear
+:class:`~bayeslmm.errors.DataError` messages, drops incomplete rows as lme4's ``na.omit`` does, lets
+the family validate and encode the response, and codes the grouping factors. The matrices themselves
+live in :mod:`bayeslmm.spec.random_effects`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bayeslmm.errors import DataError, FormulaError, UnsupportedSyntaxError
+from bayeslmm.spec.formula import ParsedFormula, RandomTerm
+from bayeslmm.spec.random_effects import (
+    INTERCEPT,
+    FixedEffects,
+    RandomBlock,
+    RandomEffects,
+    group_codes,
+)
+
+__all__ = ["INTERCEPT", "RandomBlock", "Design", "build_design", "to_pandas"]
+
+
+@dataclass(frozen=True)
+class Design:
+    """Everything a mixed model needs from the formula and the data.
+
+    Attributes
+    ----------
+    formula : ParsedFormula
+    y : ndarray, shape (n,)
+        The response as the family encodes it (finite floats; 0/1 or successes for binomial).
+    fixed : FixedEffects
+        ``X`` and its column names.
+    random : RandomEffects
+        The random-effects blocks, in formula order.
+    data : pandas.DataFrame
+        A copy of the rows used (incomplete rows dropped), with the caller's index.
+    n_dropped : int
+        How many rows were dropped for missing values.
+    trials : ndarray, shape (n,), optional
+        Binomial trials per row (None for other families).
+    offset : ndarray, shape (n,), optional
+        A known term added to the linear predictor (None when there is none).
+    """
+
+    formula: ParsedFormula
+    y: np.ndarray
+    fixed: FixedEffects
+    random: RandomEffects
+    data: pd.DataFrame
+    n_dropped: int = 0
+    trials: np.ndarray | None = None
+    offset: np.ndarray | None = None
+
+    # -- shortcuts to the matrices ------------------------------------------------------------------
+    @property
+    def X(self) -> np.ndarray:
+        """Fixed-effects model matrix, shape (n, p)."""
+        return self.fixed.X
+
+    @property
+    def fixed_terms(self) -> tuple[str, ...]:
+        """Names of the columns of ``X``."""
+        return self.fixed.terms
+
+    @property
+    def blocks(self) -> tuple[RandomBlock, ...]:
+        """The random-effects blocks in formula order."""
+        return self.random.blocks
+
+    @property
+    def n_obs(self) -> int:
+        """Number of rows used."""
+        return len(self.y)
+
+    @property
+    def factors(self) -> dict[str, pd.Index]:
+        """Levels of each grouping factor, in formula order (pymer4's ``grps``)."""
+        return self.random.factors
+
+    def blocks_of(self, factor: str) -> tuple[RandomBlock, ...]:
+        """The blocks whose grouping factor is ``factor``."""
+        return self.random.blocks_of(factor)
+
+    def predictor_columns(self) -> list[str]:
+        """Data columns used by the fixed part or a random block's expression, in formula order.
+
+        The response and the grouping factors' columns are not predictors.
+        """
+        import formulae
+
+        formula = self.formula
+        columns = set(map(str, self.data.columns))
+        excluded = {formula.response} | {part for factor in self.factors for part in factor.split(":")}
+        found: list[str] = []
+        for expression in [f"{formula.response} ~ {formula.fixed}"] + [term.expr for term in formula.random]:
+            for term in formulae.model_description(expression).terms:
+                found += sorted(v for v in getattr(term, "var_names", set()) if v in columns and v not in excluded)
+        return list(dict.fromkeys(found))
+
+    @property
+    def offset_or_zero(self) -> np.ndarray:
+        """The offset, or zeros."""
+        return np.zeros(self.n_obs) if self.offset is None else self.offset
+
+    # -- linear predictor ------------------------------------------------------------------------
+    def linear_predictor(self, beta: np.ndarray, effects: list[np.ndarray] | None = None) -> np.ndarray:
+        """``X beta + Z b + offset``, the one place it is computed.
+
+        Parameters
+        ----------
+        beta : ndarray, shape (p,) or (draws, p)
+        effects : list of ndarray, optional
+            Group effects per block, (G, k) or (draws, G, k); None for the fixed part only.
+
+        Returns
+        -------
+        ndarray, shape (n,) or (draws, n)
+        """
+        eta = self.fixed.predictor(beta)
+        if effects is not None and self.random.blocks:
+            eta = eta + self.random.predictor(effects)
+        if self.offset is not None:
+            eta = eta + self.offset
+        return eta
+
+    # -- subsets and new data ------------------------------------------------------------------------
+    def subset(self, rows: np.ndarray) -> "Design":
+        """The design restricted to ``rows`` (positions or a boolean mask); group levels unchanged."""
+        return replace(
+            self,
+            y=self.y[rows],
+            fixed=self.fixed.subset(rows),
+            random=self.random.subset(rows),
+            data=self.data.iloc[rows] if not _is_mask(rows) else self.data.loc[rows],
+            trials=None if self.trials is None else self.trials[rows],
+            offset=None if self.offset is None else self.offset[rows],
+        )
+
+    def evaluate(self, data: Any, offset: np.ndarray | None = None) -> "Design":
+        """The model matrices on new rows, for predictions.
+
+        Fixed-effect columns are evaluated as in the fit (same categorical levels and transformations);
+        grouping factors are coded against the fitted levels, and rows of levels the model has not seen
+        get the code :data:`~bayeslmm.spec.random_effects.UNSEEN` (see
+        :meth:`~bayeslmm.spec.random_effects.RandomEffects.unseen_levels`). The response is not needed:
+        ``y`` holds NaN where it is absent.
+
+        Raises
+        ------
+        DataError
+            A needed column is missing or has missing values, or a categorical predictor has a level
+            the model was not fitted to.
+        """
+        frame = to_pandas(data)
+        if len(frame) == 0:
+            raise DataError("the new data has no rows")
+        fixed = self.fixed.evaluate(frame)
+        random = self.random.evaluate(frame) if self.random.blocks else self.random
+        if self.formula.response in frame.columns and pd.api.types.is_numeric_dtype(frame[self.formula.response]):
+            y = frame[self.formula.response].to_numpy(dtype=float)
+        else:
+            y = np.full(len(frame), np.nan)
+        return replace(self, y=y, fixed=fixed, random=random, data=frame, n_dropped=0, trials=None, offset=offset)
+
+
+def _is_mask(rows: np.ndarray) -> bool:
+    return np.asarray(rows).dtype == bool
+
+
+def to_pandas(data: Any) -> pd.DataFrame:
+    """Return a pandas copy of ``data`` (a pandas or polars DataFrame); the input is never modified."""
+    if isinstance(data, pd.DataFrame):
+        return data.copy()
+    module = type(data).__module__.split(".")[0]
+    if module == "polars" and hasattr(data, "to_pandas"):
+        return data.to_pandas()
+    raise DataError(
+        f"data must be a pandas or polars DataFrame, got {type(data).__name__}; "
+        "build one with pandas.DataFrame(...) or pandas.read_csv(...)"
+    )
+
+
+def build_design(formula: ParsedFormula, data: Any, family: Any = None) -> Design:
+    """Evaluate ``formula`` on ``data``.
+
+    Parameters
+    ----------
+    formula : ParsedFormula
+        From :func:`bayeslmm.spec.formula.parse_formula`.
+    data : pandas.DataFrame or polars.DataFrame
+        Not modified.
+    family : Family, optional
+        Validates and encodes the response (default: gaussian).
+
+    Returns
+    -------
+    Design
+
+    Raises
+    ------
+    DataError
+        Empty data, unknown columns, a response the family cannot use, non-finite predictors, a
+        grouping factor with a single level, or (where the family requires it) as many groups as
+        observations.
+    """
+    if family is None:
+        from bayeslmm.spec.families import get_family
+
+        family = get_family("gaussian")
+    frame = to_pandas(data)
+    if len(frame) == 0:
+        raise DataError("data has no rows; a mixed model needs observations to fit")
+
+    used = _columns_used(formula, frame)
+    frame, n_dropped = _drop_incomplete(frame, used)
+
+    fixed_matrices = _evaluate(f"{formula.response} ~ {formula.fixed}", frame, "fixed part")
+    raw_response = np.asarray(fixed_matrices.response.design_matrix)
+    y = family.encode_response(raw_response, frame, formula.response)
+    if fixed_matrices.common is None:
+        X, terms, evaluator = np.zeros((len(frame), 0)), (), None
+    else:
+        X = np.asarray(fixed_matrices.common.design_matrix, dtype=float)
+        terms, evaluator = tuple(_term_names(fixed_matrices.common)), fixed_matrices.common
+    _check_finite(X, "fixed-effects predictors")
+    fixed = FixedEffects(X=X, terms=terms, evaluator=evaluator)
+
+    random = RandomEffects(_build_blocks(formula.random, frame))
+    if not family.allows_one_group_per_row:
+        for block in random.blocks:
+            if block.n_levels >= len(y):
+                raise DataError(
+                    f"grouping factor {block.factor!r} has {block.n_levels} levels for {len(y)} "
+                    f"observations; a {family.name} mixed model needs fewer groups than observations, or "
+                    "the group effects cannot be told apart from the residual"
+                )
+    return Design(formula=formula, y=y, fixed=fixed, random=random, data=frame, n_dropped=n_dropped)
+
+
+def _columns_used(formula: ParsedFormula, frame: pd.DataFrame) -> list[str]:
+    """Columns named anywhere in the formula; raise DataError for unknown ones."""
+    import formulae
+
+    names: set[str] = set()
+    expressions = [f"{formula.response} ~ {formula.fixed}"] + [term.expr for term in formula.random]
+    for expression in expressions:
+        try:
+            names |= formulae.model_description(expression).var_names
+        except Exception as exc:  # formulae raises several unrelated types for bad syntax
+            raise FormulaError(f"cannot parse {expression!r}: {exc}") from None
+    for term in formula.random:
+        names |= set(term.factor.split(":"))
+    names.discard("")  # formulae lists an empty name for literal-only pieces such as I(x**2)
+    unknown = sorted(name for name in names if name not in frame.columns)
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, [str(c) for c in frame.columns], n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise DataError(
+            f"column(s) {', '.join(hints)} used in the formula are not in the data; "
+            f"available columns: {', '.join(map(str, frame.columns))}"
+        )
+    return [column for column in frame.columns if column in names]
+
+
+def _drop_incomplete(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, int]:
+    complete = frame[columns].notna().all(axis=1)
+    n_dropped = int((~complete).sum())
+    if n_dropped == len(frame):
+        raise DataError(
+            f"every row has a missing value in at least one of {columns}; no data left to fit"
+        )
+    if n_dropped:
+        warnings.warn(
+            f"{n_dropped} of {len(frame)} rows dropped because of missing values in "
+            f"{', '.join(columns)} (as lme4's na.omit)",
+            UserWarning,
+            stacklevel=5,
+        )
+        frame = frame.loc[complete].copy()
+    return frame, n_dropped
+
+
+def _evaluate(expression: str, frame: pd.DataFrame, what: str):
+    import formulae
+
+    try:
+        # log(0) and the like become -inf here; the finiteness checks afterwards report them clearly
+        with np.errstate(all="ignore"):
+            return formulae.design_matrices(expression, frame, na_action="error")
+    except (DataError, FormulaError):
+        raise
+    except Exception as exc:
+        raise FormulaError(f"cannot evaluate the {what} {expression!r}: {exc}") from None
+
+
+def _term_names(common) -> list[str]:
+    columns = common.as_dataframe().columns
+    return [INTERCEPT if column == "Intercept" else str(column) for column in columns]
+
+
+def _check_finite(matrix: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(matrix)):
+        raise DataError(
+            f"{what} contain {int(np.sum(~np.isfinite(matrix)))} infinite or undefined value(s); "
+            "remove those rows or transform the predictor"
+        )
+
+
+def _build_blocks(terms: tuple[RandomTerm, ...], frame: pd.DataFrame) -> tuple[RandomBlock, ...]:
+    blocks: list[RandomBlock] = []
+    seen: dict[str, int] = {}
+    for term in terms:
+        matrices = _evaluate(term.expr, frame, f"random-effects expression of '({term.expr} | {term.factor})'")
+        if matrices.common is None:
+            raise UnsupportedSyntaxError(f"random-effects expression {term.expr!r} has no columns")
+        Z = np.asarray(matrices.common.design_matrix, dtype=float)
+        _check_finite(Z, f"random-effects predictors of ({term.expr} | {term.factor})")
+        levels, keys = _levels(term.factor, frame)
+        count = seen.get(term.factor, 0)
+        seen[term.factor] = count + 1
+        blocks.append(
+            RandomBlock(
+                name=term.factor if count == 0 else f"{term.factor}.{count}",
+                factor=term.factor,
+                terms=tuple(_term_names(matrices.common)),
+                Z=Z,
+                group_index=group_codes(frame, term.factor, keys),
+                levels=levels,
+                expr=term.expr,
+                evaluator=matrices.common,
+                level_keys=keys,
+            )
+        )
+    return tuple(blocks)
+
+
+def _levels(factor: str, frame: pd.DataFrame) -> tuple[pd.Index, tuple]:
+    """Sorted levels of a grouping factor present in the data (a column, or an interaction ``a:b``).
+
+    Returns the levels for display and the keys that code the rows. The keys of an interaction are
+    the combinations of the columns' values as tuples; they are labelled ``"a:b"`` when those labels
+    are distinct, so two different combinations never share a level.
+    """
+    columns = factor.split(":")
+    if len(columns) == 1:
+        values = frame[columns[0]]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            levels = pd.Index(values.cat.remove_unused_categories().cat.categories)
+        else:
+            levels = pd.Index(_sorted_unique(values.to_numpy(dtype=object)))
+    else:
+        combos = list(zip(*(frame[c].tolist() for c in columns)))
+        unique = _sorted_unique(np.array(combos + [None], dtype=object)[:-1])
+        levels = pd.Index(unique, tupleize_cols=False)
+    levels = levels.rename(factor)
+    keys = tuple(levels)
+    if len(levels) < 2:
+        raise DataError(
+            f"grouping factor {factor!r} has a single level ({_label(levels[0])}); a random effect needs "
+            "at least two groups (ideally five or more); drop the term or model it as a fixed effect"
+        )
+    if len(columns) > 1:
+        labels = [_label(level) for level in levels]
+        if len(set(labels)) == len(labels):
+            # readable labels ("308:1") when they are unambiguous; the codes were made from the tuples
+            levels = pd.Index(labels, name=factor)
+    return levels, keys
+
+
+def _label(level: Any) -> str:
+    return ":".join(map(str, level)) if isinstance(level, tuple) else str(level)
+
+
+def _sorted_unique(values: np.ndarray) -> list:
+    """Unique values (or tuples), sorted; mixed types sort by (type name, value) so 1 and "1" stay apart."""
+    unique: dict = {}
+    for value in values:
+        key = value.item() if isinstance(value, np.generic) else value
+        unique.setdefault((type(key).__name__, key) if not isinstance(key, tuple) else key, key)
+    try:
+        return sorted(unique.values())
+    except TypeError:
+        return [unique[k] for k in sorted(unique, key=lambda k: tuple(map(str, k)) if isinstance(k, tuple) else (k[0], str(k[1])))]

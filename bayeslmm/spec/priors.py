@@ -1,0 +1,459 @@
+"""Priors: weakly informative defaults scaled to the data, and user overrides.
+
+Defaults follow the rstanarm/Bambi convention. With ``s`` the family's prior scale (``sd(y)``, the
+population SD of the response, for gaussian models; 1 on the link scale for the other families) and
+``sd(x)`` the population SD of a predictor:
+
+============================  ===================================================================
+parameter                     default prior
+============================  ===================================================================
+``(Intercept)``               ``Normal(m, 2.5 s)`` with ``m = mean(y)`` for gaussian models and 0
+                              otherwise, for the intercept at the means of the predictors (the
+                              model centres predictors internally, as brms does; the reported
+                              intercept is on the original scale)
+slope of predictor ``x``      ``Normal(0, 2.5 s / sd(x))``
+``sigma`` (gaussian)          ``HalfStudentT(nu=4, sigma=sd(y))``
+SD of a group term ``x|g``    ``HalfNormal(2.5 s / sd(x))``; ``HalfNormal(2.5 s)`` for an intercept
+correlations of a block       ``LKJ(eta=1)``, uniform over correlation matrices
+============================  ===================================================================
+
+Override any of them with ``priors=`` on :class:`~bayeslmm.Lmer`, keyed by
+
+- a fixed term, e.g. ``"Days"`` or ``"(Intercept)"``: a :class:`Prior`;
+- an auxiliary parameter of the family, e.g. ``"sigma"``: a :class:`Prior` on a positive distribution;
+- a group term ``"term|factor"``, e.g. ``"Days|Subject"`` or ``"(Intercept)|Subject"`` (``"1|Subject"``
+  also works): a :class:`Prior` on a positive distribution for that standard deviation;
+- ``"eta"`` (every block) or ``"eta|factor"``: the LKJ shape, a positive number; larger values pull
+  correlations toward zero.
+
+A key that names both a fixed term and a parameter (a column called ``sigma``) is ambiguous and
+refused: write ``"coef:sigma"`` for the fixed effect and ``"aux:sigma"`` for the parameter.
+
+:class:`Prior` checks its distribution and parameters when it is created, so a typo (``sd=`` for
+``sigma=``) or an impossible value (a negative scale) is an error naming the prior, never a silently
+different model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bayeslmm.errors import PriorError
+from bayeslmm.spec.random_effects import INTERCEPT
+
+if TYPE_CHECKING:
+    from bayeslmm.spec.design import Design
+    from bayeslmm.spec.families import Family
+
+__all__ = ["Prior", "ModelPriors", "default_priors", "DISTRIBUTIONS", "POSITIVE_DISTRIBUTIONS"]
+
+_SCALE = 2.5
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What a distribution accepts.
+
+    ``choices`` lists groups of alternative parameters (PyMC's ``sigma`` or ``tau``); each group
+    is required unless it has a default. ``positive`` names the parameters that must be > 0.
+    """
+
+    choices: tuple[tuple[str, ...], ...]
+    defaults: dict[str, float]
+    positive: frozenset[str]
+    support: str  # "real" or "positive"
+
+
+def _spec(choices, defaults=None, positive=(), support="real") -> _Spec:
+    return _Spec(tuple(tuple(c) for c in choices), dict(defaults or {}), frozenset(positive), support)
+
+
+#: The distributions a :class:`Prior` may name, in PyMC's parametrisation.
+DISTRIBUTIONS: dict[str, _Spec] = {
+    "Normal": _spec([["mu"], ["sigma", "tau"]], {"mu": 0.0, "sigma": 1.0}, {"sigma", "tau"}),
+    "StudentT": _spec([["nu"], ["mu"], ["sigma", "lam"]], {"mu": 0.0, "sigma": 1.0}, {"nu", "sigma", "lam"}),
+    "Cauchy": _spec([["alpha"], ["beta"]], {}, {"beta"}),
+    "Laplace": _spec([["mu"], ["b"]], {}, {"b"}),
+    "Logistic": _spec([["mu"], ["s"]], {"mu": 0.0, "s": 1.0}, {"s"}),
+    "Flat": _spec([]),
+    "HalfNormal": _spec([["sigma", "tau"]], {"sigma": 1.0}, {"sigma", "tau"}, "positive"),
+    "HalfStudentT": _spec([["nu"], ["sigma", "lam"]], {"sigma": 1.0}, {"nu", "sigma", "lam"}, "positive"),
+    "HalfCauchy": _spec([["beta"]], {}, {"beta"}, "positive"),
+    "Exponential": _spec([["lam", "scale"]], {}, {"lam", "scale"}, "positive"),
+    "Gamma": _spec([["alpha", "mu"], ["beta", "sigma"]], {}, {"alpha", "beta", "mu", "sigma"}, "positive"),
+    "InverseGamma": _spec([["alpha", "mu"], ["beta", "sigma"]], {}, {"alpha", "beta", "mu", "sigma"}, "positive"),
+    "LogNormal": _spec([["mu"], ["sigma", "tau"]], {"mu": 0.0, "sigma": 1.0}, {"sigma", "tau"}, "positive"),
+    "Weibull": _spec([["alpha"], ["beta"]], {}, {"alpha", "beta"}, "positive"),
+    "HalfFlat": _spec([], support="positive"),
+}
+#: Distributions on the positive reals, allowed for standard deviations and other scale parameters.
+POSITIVE_DISTRIBUTIONS = frozenset(name for name, spec in DISTRIBUTIONS.items() if spec.support == "positive")
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A prior distribution: the name of a PyMC distribution and its parameters.
+
+    Parameters
+    ----------
+    distribution : str
+        One of :data:`DISTRIBUTIONS`, e.g. ``"Normal"``, ``"StudentT"``, ``"HalfNormal"``.
+    **params
+        Its parameters as finite numbers, in PyMC's names, e.g. ``mu=0, sigma=10``.
+
+    Raises
+    ------
+    PriorError
+        An unknown distribution, an unknown, missing or doubly given parameter (``sigma`` and ``tau``),
+        a value that is not a finite number, or a scale that is not positive.
+
+    Examples
+    --------
+    >>> Prior("Normal", mu=0, sigma=10)
+    Normal(mu=0, sigma=10)
+    """
+
+    distribution: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, distribution: str, **params: Any) -> None:
+        object.__setattr__(self, "distribution", distribution)
+        object.__setattr__(self, "params", {key: _number(distribution, key, value) for key, value in params.items()})
+        _validate(self.distribution, self.params)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{key}={_format_number(value)}" for key, value in self.params.items())
+        return f"{self.distribution}({args})"
+
+    @property
+    def support(self) -> str:
+        """``"real"`` or ``"positive"``."""
+        return DISTRIBUTIONS[self.distribution].support
+
+    def resolved(self) -> dict[str, float]:
+        """Parameters with PyMC's defaults filled in, e.g. ``Normal()`` -> ``{"mu": 0, "sigma": 1}``."""
+        spec = DISTRIBUTIONS[self.distribution]
+        out = dict(self.params)
+        for group in spec.choices:
+            if not any(name in out for name in group):
+                out[group[0]] = spec.defaults[group[0]]
+        return out
+
+    def normal_moments(self) -> tuple[float, float] | None:
+        """(mean, SD) of a Normal prior; None for any other distribution."""
+        if self.distribution != "Normal":
+            return None
+        p = self.resolved()
+        sd = p["sigma"] if "sigma" in p else 1.0 / math.sqrt(p["tau"])
+        return float(p["mu"]), float(sd)
+
+    def dist(self, shape: int | None = None):
+        """Return an unnamed PyMC distribution (``pm.<distribution>.dist``)."""
+        import pymc as pm
+
+        return getattr(pm, self.distribution).dist(**self.params, shape=shape)
+
+    def scipy(self):
+        """The distribution as a frozen SciPy distribution (None for the improper flat priors)."""
+        from scipy import stats
+
+        d = self.distribution
+        p = self.resolved()
+        scale = lambda: p["sigma"] if "sigma" in p else 1.0 / math.sqrt(p["tau"])  # noqa: E731
+        if d in ("Flat", "HalfFlat"):
+            return None
+        if d == "Normal":
+            return stats.norm(p["mu"], scale())
+        if d == "StudentT":
+            return stats.t(p["nu"], p["mu"], p["sigma"] if "sigma" in p else 1.0 / math.sqrt(p["lam"]))
+        if d == "Cauchy":
+            return stats.cauchy(p["alpha"], p["beta"])
+        if d == "Laplace":
+            return stats.laplace(p["mu"], p["b"])
+        if d == "Logistic":
+            return stats.logistic(p["mu"], p["s"])
+        if d == "HalfNormal":
+            return stats.halfnorm(scale=scale())
+        if d == "HalfStudentT":
+            sigma = p["sigma"] if "sigma" in p else 1.0 / math.sqrt(p["lam"])
+            return stats.halft(p["nu"], scale=sigma) if hasattr(stats, "halft") else _HalfT(p["nu"], sigma)
+        if d == "HalfCauchy":
+            return stats.halfcauchy(scale=p["beta"])
+        if d == "Exponential":
+            return stats.expon(scale=p["scale"] if "scale" in p else 1.0 / p["lam"])
+        alpha, beta = _alpha_beta(d, p)
+        if d == "Gamma":
+            return stats.gamma(alpha, scale=1.0 / beta)
+        if d == "InverseGamma":
+            return stats.invgamma(alpha, scale=beta)
+        if d == "LogNormal":
+            return stats.lognorm(scale(), scale=math.exp(p["mu"]))
+        if d == "Weibull":
+            return stats.weibull_min(p["alpha"], scale=p["beta"])
+        raise PriorError(f"no SciPy form for {self!r}")  # pragma: no cover - the catalogue is complete
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` draws from the prior, shape (n,).
+
+        Raises
+        ------
+        PriorError
+            For the improper flat priors, which cannot be drawn from.
+        """
+        frozen = self.scipy()
+        if frozen is None:
+            raise PriorError(f"{self!r} is improper: it has no draws")
+        return np.asarray(frozen.rvs(n, random_state=rng), dtype=float)
+
+
+class _HalfT:
+    """|t_nu(0, sigma)|, for SciPy versions without ``stats.halft``."""
+
+    def __init__(self, nu: float, sigma: float):
+        from scipy import stats
+
+        self._t = stats.t(nu, 0.0, sigma)
+
+    def rvs(self, n, random_state=None):
+        return np.abs(self._t.rvs(n, random_state=random_state))
+
+    def pdf(self, x):
+        return np.where(np.asarray(x) >= 0, 2 * self._t.pdf(x), 0.0)
+
+    def logpdf(self, x):
+        return np.where(np.asarray(x) >= 0, math.log(2) + self._t.logpdf(x), -np.inf)
+
+
+def _alpha_beta(distribution: str, p: dict[str, float]) -> tuple[float, float]:
+    """Shape and rate (Gamma) or scale (InverseGamma) from either parametrisation."""
+    if "alpha" in p:
+        return p["alpha"], p["beta"]
+    mu, sigma = p["mu"], p["sigma"]
+    if distribution == "Gamma":
+        return mu**2 / sigma**2, mu / sigma**2
+    alpha = mu**2 / sigma**2 + 2
+    return alpha, mu * (alpha - 1)
+
+
+def _number(distribution: str, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise PriorError(
+            f"Prior({distribution!r}): parameter {key}={value!r} must be a number, got {type(value).__name__}"
+        )
+    value = float(value)
+    if not math.isfinite(value):
+        raise PriorError(f"Prior({distribution!r}): parameter {key}={value!r} must be finite")
+    return value
+
+
+def _validate(distribution: str, params: dict[str, float]) -> None:
+    if not isinstance(distribution, str) or distribution not in DISTRIBUTIONS:
+        raise PriorError(
+            f"{distribution!r} is not a PyMC distribution that bayeslmm supports as a prior; use one of "
+            f"{', '.join(sorted(DISTRIBUTIONS))}"
+        )
+    spec = DISTRIBUTIONS[distribution]
+    allowed = [name for group in spec.choices for name in group]
+    unknown = [key for key in params if key not in allowed]
+    if unknown:
+        raise PriorError(
+            f"Prior({distribution!r}): unknown parameter(s) {', '.join(unknown)}; "
+            f"{distribution} takes {' and '.join('/'.join(g) for g in spec.choices) or 'no parameters'}"
+        )
+    for group in spec.choices:
+        given = [name for name in group if name in params]
+        if len(given) > 1:
+            raise PriorError(f"Prior({distribution!r}): give one of {' or '.join(group)}, not both")
+        if not given and group[0] not in spec.defaults:
+            raise PriorError(f"Prior({distribution!r}): parameter {'/'.join(group)} is required")
+    for key, value in params.items():
+        if key in spec.positive and not value > 0:
+            raise PriorError(f"Prior({distribution!r}): parameter {key} must be positive, got {_format_number(value)}")
+
+
+@dataclass(frozen=True)
+class ModelPriors:
+    """Every prior of a mixed model, resolved to numbers.
+
+    Attributes
+    ----------
+    fixed : dict of str to Prior
+        One per fixed term, in design order; the intercept's is on the centred scale.
+    aux : dict of str to Prior
+        One per auxiliary parameter of the family (gaussian: ``sigma``).
+    group_sd : dict of str to dict of str to Prior
+        ``group_sd[block_name][term]``.
+    eta : dict of str to float
+        LKJ shape per block with two or more terms.
+    """
+
+    fixed: dict[str, Prior]
+    aux: dict[str, Prior]
+    group_sd: dict[str, dict[str, Prior]]
+    eta: dict[str, float]
+
+    @property
+    def sigma(self) -> Prior | None:
+        """The residual SD's prior (None for families without one)."""
+        return self.aux.get("sigma")
+
+    def table(self) -> "list[tuple[str, str]]":
+        """Readable ``(parameter, prior)`` pairs, in the order of the model summary."""
+        rows = [(term, repr(prior)) for term, prior in self.fixed.items()]
+        rows += [(name, repr(prior)) for name, prior in self.aux.items()]
+        for block, priors in self.group_sd.items():
+            rows += [(f"sd({term}|{block})", repr(prior)) for term, prior in priors.items()]
+        rows += [(f"corr({block})", f"LKJ(eta={_format_number(eta)})") for block, eta in self.eta.items()]
+        return rows
+
+
+def default_priors(design: "Design", user: dict[str, Any] | None = None, family: "Family | None" = None) -> ModelPriors:
+    """Resolve the priors of a mixed model: scaled defaults updated by ``user``.
+
+    Parameters
+    ----------
+    design : Design
+    user : dict, optional
+        Overrides, keyed as described in this module's docstring.
+    family : Family, optional
+        Supplies the prior scale and the auxiliary parameters (default: gaussian).
+
+    Raises
+    ------
+    PriorError
+        A key the model does not have or that is ambiguous, a non-positive distribution for an SD,
+        a bad eta.
+    """
+    if family is None:
+        from bayeslmm.spec.families import get_family
+
+        family = get_family("gaussian")
+    user = dict(user or {})
+    _check_user_types(user)
+    scale = family.fixed_prior_scale(design.y)
+
+    fixed = {}
+    for j, term in enumerate(design.fixed_terms):
+        if term == INTERCEPT:
+            fixed[term] = Prior("Normal", mu=family.intercept_prior_location(design.y), sigma=_SCALE * scale)
+        else:
+            fixed[term] = Prior("Normal", mu=0.0, sigma=_SCALE * scale / _spread(design.X[:, j]))
+    aux = family.default_aux_priors(design.y)
+    group_sd = {
+        block.name: {
+            term: Prior("HalfNormal", sigma=_SCALE * scale / _spread(block.Z[:, j]))
+            for j, term in enumerate(block.terms)
+        }
+        for block in design.blocks
+    }
+    eta = {block.name: 1.0 for block in design.blocks if block.n_terms > 1}
+
+    for key, value in user.items():
+        target, name = _resolve_key(key, fixed, aux, design)
+        if target == "fixed":
+            fixed[name] = value
+        elif target == "aux":
+            aux[name] = _positive(value, key)
+        elif target == "eta":
+            _apply_eta(eta, key, value, design)
+        else:
+            _apply_group_sd(group_sd, key, value, design)
+    return ModelPriors(fixed=fixed, aux=aux, group_sd=group_sd, eta=eta)
+
+
+def _resolve_key(key: str, fixed: dict, aux: dict, design: "Design") -> tuple[str, str]:
+    """Which parameter a ``priors=`` key names: ("fixed" | "aux" | "eta" | "group_sd", name)."""
+    if key.startswith("coef:"):
+        name = key[len("coef:"):].strip()
+        if name not in fixed:
+            raise PriorError(f"prior key {key!r}: {name!r} is not a fixed term; fixed terms are {list(fixed)}")
+        return "fixed", name
+    if key.startswith("aux:"):
+        name = key[len("aux:"):].strip()
+        if name not in aux:
+            raise PriorError(f"prior key {key!r}: the family has no parameter {name!r}; it has {list(aux) or 'none'}")
+        return "aux", name
+    is_eta = key == "eta" or key.startswith("eta|")
+    claims = [kind for kind, hit in (("fixed", key in fixed), ("aux", key in aux), ("eta", is_eta)) if hit]
+    if len(claims) > 1:
+        raise PriorError(
+            f"prior key {key!r} is ambiguous: it names the fixed effect of column {key!r} and the model "
+            f"parameter {key!r}; write 'coef:{key}' for the fixed effect or "
+            + (f"'aux:{key}' for the parameter" if "aux" in claims else "'eta' keys only for the LKJ shape after renaming the column")
+        )
+    if claims:
+        return claims[0], key
+    if "|" in key:
+        return "group_sd", key
+    raise PriorError(
+        f"prior key {key!r} is not a parameter of this model; fixed terms are {list(fixed)}, group terms "
+        f"are {[f'{t}|{b.factor}' for b in design.blocks for t in b.terms]}, family parameters {list(aux)}, "
+        "plus 'eta' for correlations"
+    )
+
+
+def _spread(column: np.ndarray) -> float:
+    """Population SD of a predictor column; 1 for constant columns (intercepts)."""
+    sd = float(np.std(column))
+    return sd if sd > 0 else 1.0
+
+
+def _check_user_types(user: dict[str, Any]) -> None:
+    for key, value in user.items():
+        if not isinstance(key, str):
+            raise PriorError(f"prior keys must be strings, got {key!r}")
+        is_eta = key == "eta" or key.startswith("eta|")
+        if is_eta and isinstance(value, int | float) and not isinstance(value, bool):
+            continue
+        if not isinstance(value, Prior):
+            expected = "a positive number (the LKJ shape)" if is_eta else "a bayeslmm.Prior, e.g. Prior('Normal', mu=0, sigma=10)"
+            raise PriorError(f"prior for {key!r} must be {expected}, got {value!r}")
+
+
+def _positive(prior: Prior, key: str) -> Prior:
+    if prior.support != "positive":
+        raise PriorError(
+            f"prior for {key!r} must be on positive values (one of {sorted(POSITIVE_DISTRIBUTIONS)}), "
+            f"got {prior!r}"
+        )
+    return prior
+
+
+def _apply_group_sd(group_sd: dict, key: str, prior: Prior, design: "Design") -> None:
+    term, factor = (part.strip() for part in key.split("|", 1))
+    term = INTERCEPT if term in {"1", "Intercept", INTERCEPT} else term
+    matched = [b for b in design.blocks if b.factor == factor and term in b.terms]
+    if not matched:
+        raise PriorError(
+            f"prior key {key!r}: the model has no group term {term!r} on factor {factor!r}; group terms "
+            f"are {[f'{t}|{b.factor}' for b in design.blocks for t in b.terms]}"
+        )
+    if not isinstance(prior, Prior):
+        raise PriorError(f"prior for {key!r} must be a bayeslmm.Prior on positive values, got {prior!r}")
+    for block in matched:
+        group_sd[block.name][term] = _positive(prior, key)
+
+
+def _apply_eta(eta: dict, key: str, value: float, design: "Design") -> None:
+    if isinstance(value, Prior) or not value > 0 or not math.isfinite(value):
+        raise PriorError(f"prior {key!r}: the LKJ shape eta must be positive (a finite number), got {value!r}")
+    if key == "eta":
+        for block in eta:
+            eta[block] = float(value)
+        return
+    factor = key.split("|", 1)[1].strip()
+    blocks = [b.name for b in design.blocks if b.factor == factor and b.name in eta]
+    if not blocks:
+        raise PriorError(f"prior key {key!r}: factor {factor!r} has no block with correlations")
+    for block in blocks:
+        eta[block] = float(value)
+
+
+def _format_number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return repr(value)
