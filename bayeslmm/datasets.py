@@ -18,11 +18,20 @@ _FILES = {
     "cbpp": "cbpp.csv",
     "insteval": "InstEval.csv",
     "verbagg": "VerbAgg.csv",
+    "grouseticks": "grouseticks.csv",
+    "cake": "cake.csv",
 }
 _ALIASES = {"sleep": "sleepstudy"}
 # Columns that are factors in R but stored as numbers in the CSVs: without this, `~ period` would fit a
 # linear trend where lme4 fits one coefficient per level.
-_FACTORS = {"cbpp": ["period"], "insteval": ["studage", "lectage"]}
+_FACTORS = {
+    "cbpp": ["period"],
+    "insteval": ["studage", "lectage"],
+    "grouseticks": ["INDEX", "BROOD", "YEAR", "LOCATION"],
+    "cake": ["replicate", "recipe"],
+}
+# Ordered factors in R, with their levels in order (lme4's cake: temperature 175 < 185 < ... < 225).
+_ORDERED = {"cake": {"temperature": ["175", "185", "195", "205", "215", "225"]}}
 
 
 def list_datasets() -> list[str]:
@@ -37,7 +46,8 @@ def load_dataset(name: str) -> pd.DataFrame:
     ----------
     name : str
         ``"sleepstudy"`` (or ``"sleep"``), ``"Dyestuff"``, ``"Penicillin"``, ``"cbpp"``, ``"InstEval"``,
-        ``"VerbAgg"`` (case-insensitive).
+        ``"VerbAgg"``, ``"grouseticks"`` (with ``cHEIGHT``, the centred height), ``"cake"``
+        (case-insensitive).
 
     Returns
     -------
@@ -57,6 +67,8 @@ def load_dataset(name: str) -> pd.DataFrame:
     frame = frame.drop(columns=["rownames"], errors="ignore")
     for column in _FACTORS.get(key, []):
         frame[column] = frame[column].astype(str).astype("category")
+    for column, levels in _ORDERED.get(key, {}).items():
+        frame[column] = pd.Categorical(frame[column].astype(str), categories=levels, ordered=True)
     return frame
 
 
