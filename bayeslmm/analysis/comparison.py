@@ -50,6 +50,7 @@ from bayeslmm.errors import (
 )
 from bayeslmm.results import posterior as posterior_eval
 from bayeslmm.results import summaries
+from bayeslmm.results.report import SummaryParts, layout_html, layout_text
 from bayeslmm.spec.design import Design
 
 if TYPE_CHECKING:
@@ -793,18 +794,18 @@ class ModelComparison(pd.DataFrame):
         ]
         return lines + [f"Warning: {note}" for note in self.notes]
 
+    def summary_parts(self) -> SummaryParts:
+        """The printed form as :class:`~bayeslmm.results.report.SummaryParts`: title, models, table, how to read it."""
+        formats = {"npar": "{:d}".format, "weight": "{:.2f}".format}
+        frame = self._display_frame()
+        formats |= {c: "{:.1f}".format for c in frame.columns if c not in formats and c not in ("", f"k>{K_THRESHOLD}")}
+        models = [f"{label}: {formula}" for label, formula in zip(self._short_labels(), self["formula"])]
+        header = self._title().split("\n") + ["Models:", *models]
+        return SummaryParts(header, [("", frame)], footer=self._footer_lines(), formats=formats)
+
     def to_text(self) -> str:
         """The printed form: title, model list, table, how to read it."""
-        formats = {
-            "npar": "{:d}".format,
-            "weight": "{:.2f}".format,
-        }
-        frame = self._display_frame()
-        body = frame.to_string(
-            formatters={c: formats.get(c, "{:.1f}".format) for c in frame.columns if c not in ("", f"k>{K_THRESHOLD}")}
-        )
-        models = [f"{label}: {formula}" for label, formula in zip(self._short_labels(), self["formula"])]
-        return "\n".join([self._title(), "Models:", *models, body, "---", *self._footer_lines()])
+        return layout_text(self.summary_parts())
 
     def __repr__(self) -> str:
         return self.to_text()
@@ -819,14 +820,4 @@ class ModelComparison(pd.DataFrame):
         return plot_compare(self, ax=ax)
 
     def _repr_html_(self) -> str:
-        import html
-
-        models = "<br>".join(
-            f"<b>{html.escape(label)}</b>: {html.escape(formula)}"
-            for label, formula in zip(self._short_labels(), self["formula"])
-        )
-        frame = self._display_frame()
-        table = frame.to_html(float_format=lambda value: f"{value:.1f}")
-        footer = "<br>".join(html.escape(line) for line in self._footer_lines())
-        title = html.escape(self._title()).replace("\n", "<br>")
-        return f"<div><p>{title}</p><p>{models}</p>{table}<p><small>{footer}</small></p></div>"
+        return layout_html(self.summary_parts())

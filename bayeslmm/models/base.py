@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from bayeslmm.analysis import comparison
 from bayeslmm.results import posterior as posterior_eval
 from bayeslmm.results import summaries
 from bayeslmm.results.fitted import FittedModel
@@ -74,21 +73,29 @@ class Model(FittedModel):
         See :func:`bayeslmm.analysis.comparison.loo`.
         """
         self._require_fit("loo")
+        from bayeslmm.analysis import comparison  # ArviZ (a second to import) only when asked for
+
         return comparison.loo(self, reloo=reloo, **options)
 
     def waic(self):
         """WAIC; PSIS-LOO (:meth:`loo`) is preferred. See :func:`bayeslmm.analysis.comparison.waic`."""
         self._require_fit("waic")
+        from bayeslmm.analysis import comparison
+
         return comparison.waic(self)
 
     def r2(self, prob: float = 0.95) -> pd.DataFrame:
         """Bayesian R-squared, marginal and conditional; see :func:`bayeslmm.analysis.comparison.r2`."""
         self._require_fit("r2")
+        from bayeslmm.analysis import comparison
+
         return comparison.r2(self, prob=prob)
 
     def kfold(self, k: int = 10, **options: Any):
         """K-fold cross-validation, compiling the model once; see :func:`bayeslmm.analysis.comparison.kfold`."""
         self._require_fit("kfold")
+        from bayeslmm.analysis import comparison
+
         return comparison.kfold(self, k, **options)
 
     # ----------------------------------------------------------------------------------- plots

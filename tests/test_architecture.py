@@ -1,0 +1,49 @@
+"""The package's structure: layers without cycles, and a start-up that loads only what it needs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ["pymc", "pytensor", "arviz", "arviz_stats", "arviz_plots", "matplotlib", "numba", "bambi"]
+
+
+def test_layers_contract_is_kept():
+    """import-linter: io > models > analysis > plots > results > engines > spec > datasets > errors."""
+    from importlinter.cli import lint_imports
+
+    assert lint_imports(config_filename=str(ROOT / ".importlinter")) == 0
+
+
+def _modules_after(code: str) -> set[str]:
+    """Top-level modules loaded by ``code`` in a fresh interpreter."""
+    script = f"{code}\nimport json, sys\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=ROOT)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_import_bayeslmm_loads_no_heavy_dependency():
+    loaded = _modules_after("import bayeslmm")
+    assert not loaded & set(HEAVY + ["pandas", "scipy", "xarray", "formulae"])
+
+
+def test_command_line_help_loads_no_heavy_dependency():
+    loaded = _modules_after("from bayeslmm.io.cli import build_parser; build_parser().format_help()")
+    assert not loaded & set(HEAVY + ["pandas", "scipy", "xarray", "formulae"])
+
+
+@pytest.mark.slow
+def test_collapsed_fit_loads_neither_pymc_nor_arviz_nor_matplotlib():
+    code = (
+        "from bayeslmm import Lmer, load_dataset\n"
+        "m = Lmer('Reaction ~ Days + (Days | Subject)', load_dataset('sleepstudy'))\n"
+        "m.fit(draws=100, tune=100, chains=2, random_seed=1, progressbar=False)\n"
+        "str(m.coefs); str(m.summary())"
+    )
+    loaded = _modules_after(code)
+    assert not loaded & {"pymc", "pytensor", "arviz", "arviz_stats", "arviz_plots", "matplotlib", "bambi"}
