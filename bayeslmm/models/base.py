@@ -34,12 +34,18 @@ class Model(FittedModel):
 
     @cached_property
     def data(self) -> pd.DataFrame:
-        """A copy of the rows used, with ``fits`` (posterior mean of the expected response) and ``residuals``."""
+        """A copy of the rows used, with ``fits`` and ``residuals``.
+
+        ``fits`` is the posterior mean of the expected response (a probability for binomial models, a
+        mean count for counts), ``residuals`` the observed response (a proportion for binomial models)
+        minus ``fits``.
+        """
         self._require_fit("data")
         frame = self.design.data.copy()
-        fits = self.family.inverse_link(posterior_eval.posterior_mean_fit(self.design, self.posterior))
+        fits = posterior_eval.posterior_mean_response(self.design, self.posterior, self.family)
+        observed = self.design.y if self.design.trials is None else self.design.y / self.design.trials
         frame["fits"] = fits
-        frame["residuals"] = self.design.y - fits
+        frame["residuals"] = observed - fits
         return frame
 
     def posterior_predictive(self, n_draws: int | None = 500, random_seed: int | None = None) -> np.ndarray:

@@ -36,9 +36,17 @@ class Lmer(Model):
     data : pandas.DataFrame or polars.DataFrame
         Never modified. Rows with missing values in the columns used are dropped with a warning.
     family : str
-        ``"gaussian"``.
+        ``"gaussian"`` (default), ``"binomial"``, ``"poisson"`` or ``"negbinomial"``; R's spelling
+        ``"binomial(link='probit')"`` also works.
     priors : dict, optional
         Overrides of the default priors; see :mod:`bayeslmm.spec.priors`.
+    link : str, optional
+        The link function, if not the family's default: ``"probit"`` or ``"cloglog"`` for binomial.
+    weights : array-like or str, optional
+        Binomial trials of a proportion response, as glmer's ``weights`` (one per row, or a column name).
+    offset : array-like or str, optional
+        A known term added to the linear predictor, as glmer's ``offset`` (with the formula's
+        ``offset(log(exposure))`` terms, if any).
 
     Raises
     ------
@@ -55,16 +63,36 @@ class Lmer(Model):
 
     _cached: ClassVar[tuple[str, ...]] = ("coefs", "fixef", "ranef", "ranef_var", "ranef_corr", "data")
 
-    def __init__(self, formula: str, data: Any, family: str | Family = "gaussian", priors: dict | None = None) -> None:
-        family = get_family(family)
+    def __init__(
+        self,
+        formula: str,
+        data: Any,
+        family: str | Family = "gaussian",
+        priors: dict | None = None,
+        link: str | None = None,
+        weights: Any = None,
+        offset: Any = None,
+    ) -> None:
+        family = get_family(family, link)
         parsed = parse_formula(formula)
         if not parsed.random:
             raise FormulaError(
                 f"formula {formula!r} has no random-effects term such as '(1 | group)' (lme4 refuses it "
                 "too); use bayeslmm.Lm for a regression without groups"
             )
-        design = build_design(parsed, data, family)
+        design = build_design(parsed, data, family, weights=weights, offset=offset)
         super().__init__(formula, design, family, default_priors(design, priors, family), priors)
+
+    @property
+    def init_arguments(self) -> dict:
+        """``link``, ``weights`` and ``offset`` (on the rows used): what rebuilds this model with the
+        formula, data, family and priors."""
+        design = self.design
+        return {
+            "link": self.family.link.name,
+            "weights": None if design.weights is None else design.weights,
+            "offset": None if design.offset_argument is None else design.offset_argument,
+        }
 
     # ----------------------------------------------------------------------------------- fitting
     def fit(

@@ -50,7 +50,12 @@ class Design:
     trials : ndarray, shape (n,), optional
         Binomial trials per row (None for other families).
     offset : ndarray, shape (n,), optional
-        A known term added to the linear predictor (None when there is none).
+        A known term added to the linear predictor: the formula's ``offset(...)`` terms plus the
+        ``offset=`` argument (None when there is none).
+    weights, offset_argument : ndarray, shape (n,), optional
+        The ``weights=`` and ``offset=`` arguments on the rows used (kept to rebuild the model).
+    response_note : str
+        How the response was read (e.g. which level of a binary factor is the success); "" if plainly.
     """
 
     formula: ParsedFormula
@@ -61,6 +66,9 @@ class Design:
     n_dropped: int = 0
     trials: np.ndarray | None = None
     offset: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    offset_argument: np.ndarray | None = None
+    response_note: str = ""
 
     # -- shortcuts to the matrices ------------------------------------------------------------------
     @property
@@ -145,9 +153,11 @@ class Design:
             data=self.data.iloc[rows] if not _is_mask(rows) else self.data.loc[rows],
             trials=None if self.trials is None else self.trials[rows],
             offset=None if self.offset is None else self.offset[rows],
+            weights=None if self.weights is None else self.weights[rows],
+            offset_argument=None if self.offset_argument is None else self.offset_argument[rows],
         )
 
-    def evaluate(self, data: Any, offset: np.ndarray | None = None) -> "Design":
+    def evaluate(self, data: Any, offset: Any = None) -> "Design":
         """The model matrices on new rows, for predictions.
 
         Fixed-effect columns are evaluated as in the fit (same categorical levels and transformations);
@@ -165,13 +175,30 @@ class Design:
         frame = to_pandas(data)
         if len(frame) == 0:
             raise DataError("the new data has no rows")
+        argument = _per_row(offset, frame, "offset")
+        if argument is None and self.offset_argument is not None:
+            raise DataError("the model was fitted with offset=; give the offset of the new rows too (offset=...)")
+        if self.formula.offsets and not all(
+            c in frame.columns for e in self.formula.offsets for c in _expression_columns(e)
+        ):
+            raise DataError(f"the new data needs the columns of the formula's offset(s): {list(self.formula.offsets)}")
+        new_offset = _offsets(self.formula, frame, argument)
         fixed = self.fixed.evaluate(frame)
         random = self.random.evaluate(frame) if self.random.blocks else self.random
         if self.formula.response in frame.columns and pd.api.types.is_numeric_dtype(frame[self.formula.response]):
             y = frame[self.formula.response].to_numpy(dtype=float)
         else:
             y = np.full(len(frame), np.nan)
-        return replace(self, y=y, fixed=fixed, random=random, data=frame, n_dropped=0, trials=None, offset=offset)
+        return replace(
+            self, y=y, fixed=fixed, random=random, data=frame, n_dropped=0, trials=None, offset=new_offset,
+            weights=None, offset_argument=argument,
+        )
+
+
+def _expression_columns(expression: str) -> set[str]:
+    from bayeslmm.spec import expressions
+
+    return expressions.columns(expression)
 
 
 def _is_mask(rows: np.ndarray) -> bool:
@@ -191,7 +218,9 @@ def to_pandas(data: Any) -> pd.DataFrame:
     )
 
 
-def build_design(formula: ParsedFormula, data: Any, family: Any = None) -> Design:
+def build_design(
+    formula: ParsedFormula, data: Any, family: Any = None, weights: Any = None, offset: Any = None
+) -> Design:
     """Evaluate ``formula`` on ``data``.
 
     Parameters
@@ -202,6 +231,12 @@ def build_design(formula: ParsedFormula, data: Any, family: Any = None) -> Desig
         Not modified.
     family : Family, optional
         Validates and encodes the response (default: gaussian).
+    weights : array-like or str, optional
+        Binomial trials of a proportion response (glmer's ``weights``): one per row of ``data``, or
+        the name of a column.
+    offset : array-like or str, optional
+        A known term added to the linear predictor (glmer's ``offset``; it adds to any
+        ``offset(...)`` term of the formula): one per row of ``data``, or the name of a column.
 
     Returns
     -------
@@ -210,10 +245,12 @@ def build_design(formula: ParsedFormula, data: Any, family: Any = None) -> Desig
     Raises
     ------
     DataError
-        Empty data, unknown columns, a response the family cannot use, non-finite predictors, a
-        grouping factor with a single level, or (where the family requires it) as many groups as
+        Empty data, unknown columns, a response the family cannot use, non-finite predictors or offsets,
+        a grouping factor with a single level, or (where the family requires it) as many groups as
         observations.
     """
+    from bayeslmm.spec import expressions
+
     if family is None:
         from bayeslmm.spec.families import get_family
 
@@ -221,13 +258,32 @@ def build_design(formula: ParsedFormula, data: Any, family: Any = None) -> Desig
     frame = to_pandas(data)
     if len(frame) == 0:
         raise DataError("data has no rows; a mixed model needs observations to fit")
+    weights = _per_row(weights, frame, "weights")
+    offset = _per_row(offset, frame, "offset")
 
     used = _columns_used(formula, frame)
-    frame, n_dropped = _drop_incomplete(frame, used)
+    extra = {name: values for name, values in (("weights", weights), ("offset", offset)) if values is not None}
+    frame, n_dropped, kept = _drop_incomplete(frame, used, extra)
+    weights = None if weights is None else weights[kept]
+    offset = None if offset is None else offset[kept]
 
-    fixed_matrices = _evaluate(f"{formula.response} ~ {formula.fixed}", frame, "fixed part")
-    raw_response = np.asarray(fixed_matrices.response.design_matrix)
-    y = family.encode_response(raw_response, frame, formula.response)
+    name = formula.response
+    if formula.binomial is not None:
+        if weights is not None:
+            raise DataError("give the trials either by cbind(successes, failures) or by weights=, not both")
+        successes = expressions.evaluate(formula.binomial[0], frame)
+        trials = successes + expressions.evaluate(formula.binomial[1], frame)
+        y, trials, note = family.encode_response(successes, frame, name, trials)
+    else:
+        response = _evaluate(f"{name} ~ 1", frame, "response")
+        raw = np.asarray(response.response.design_matrix)
+        if raw.ndim == 2 and raw.shape[1] == 1:
+            raw = raw[:, 0]
+        if raw.ndim == 2 and name in frame.columns:  # a categorical response: the family reads the column
+            raw = frame[name].to_numpy()
+        y, trials, note = family.encode_response(raw, frame, name, weights)
+
+    fixed_matrices = _evaluate(formula.fixed, frame, "fixed part")
     if fixed_matrices.common is None:
         X, terms, evaluator = np.zeros((len(frame), 0)), (), None
     else:
@@ -245,15 +301,69 @@ def build_design(formula: ParsedFormula, data: Any, family: Any = None) -> Desig
                     f"observations; a {family.name} mixed model needs fewer groups than observations, or "
                     "the group effects cannot be told apart from the residual"
                 )
-    return Design(formula=formula, y=y, fixed=fixed, random=random, data=frame, n_dropped=n_dropped)
+    total_offset = _offsets(formula, frame, offset)
+    return Design(
+        formula=formula, y=y, fixed=fixed, random=random, data=frame, n_dropped=n_dropped, trials=trials,
+        offset=total_offset, weights=weights, offset_argument=offset, response_note=note,
+    )
+
+
+def _per_row(values: Any, frame: pd.DataFrame, what: str) -> np.ndarray | None:
+    """``weights=`` / ``offset=`` as one float per row of the user's data (a column name or an array)."""
+    if values is None:
+        return None
+    if isinstance(values, str):
+        if values not in frame.columns:
+            raise DataError(f"{what}={values!r} is not a column of the data")
+        values = frame[values]
+    try:
+        array = np.asarray(values, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        raise DataError(f"{what} must be numbers, one per row of the data") from None
+    if len(array) != len(frame):
+        raise DataError(f"{what} has {len(array)} values for {len(frame)} rows of data; give one per row")
+    return array
+
+
+def _offsets(formula: ParsedFormula, frame: pd.DataFrame, argument: np.ndarray | None) -> np.ndarray | None:
+    """The formula's ``offset(...)`` terms plus the ``offset=`` argument; None when there are none."""
+    from bayeslmm.spec import expressions
+
+    parts = []
+    for expression in formula.offsets:
+        values = expressions.evaluate(expression, frame)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size:
+            hint = " (a log of a zero or negative exposure?)" if "log" in expression else ""
+            raise DataError(
+                f"offset({expression}) is infinite or undefined in {bad.size} row(s){hint}: rows "
+                f"{_row_labels(frame, bad)}; an exposure must be positive"
+            )
+        parts.append(values)
+    if argument is not None:
+        bad = np.flatnonzero(~np.isfinite(argument))
+        if bad.size:
+            raise DataError(f"offset= is infinite or undefined in rows {_row_labels(frame, bad)}")
+        parts.append(argument)
+    return None if not parts else np.sum(parts, axis=0)
+
+
+def _row_labels(frame: pd.DataFrame, positions: np.ndarray, limit: int = 5) -> str:
+    labels = [repr(label) for label in frame.index[positions[:limit]]]
+    return ", ".join(labels) + (f" and {len(positions) - limit} more" if len(positions) > limit else "")
 
 
 def _columns_used(formula: ParsedFormula, frame: pd.DataFrame) -> list[str]:
     """Columns named anywhere in the formula; raise DataError for unknown ones."""
     import formulae
 
+    from bayeslmm.spec import expressions as arithmetic
+
     names: set[str] = set()
-    expressions = [f"{formula.response} ~ {formula.fixed}"] + [term.expr for term in formula.random]
+    expressions = [formula.fixed] if formula.binomial is not None else [f"{formula.response} ~ {formula.fixed}"]
+    expressions += [term.expr for term in formula.random]
+    for expression in list(formula.binomial or ()) + list(formula.offsets):
+        names |= arithmetic.columns(expression)
     for expression in expressions:
         try:
             names |= formulae.model_description(expression).var_names
@@ -275,8 +385,17 @@ def _columns_used(formula: ParsedFormula, frame: pd.DataFrame) -> list[str]:
     return [column for column in frame.columns if column in names]
 
 
-def _drop_incomplete(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFrame, int]:
-    complete = frame[columns].notna().all(axis=1)
+def _drop_incomplete(
+    frame: pd.DataFrame, columns: list[str], extra: dict[str, np.ndarray] | None = None
+) -> tuple[pd.DataFrame, int, np.ndarray]:
+    """Drop rows with a missing value in ``columns`` (or in the per-row arrays ``extra``), as na.omit.
+
+    Returns the rows kept, how many were dropped, and the boolean mask of kept rows.
+    """
+    complete = frame[columns].notna().all(axis=1).to_numpy()
+    for values in (extra or {}).values():
+        complete &= ~np.isnan(values)
+    columns = columns + list(extra or {})
     n_dropped = int((~complete).sum())
     if n_dropped == len(frame):
         raise DataError(
@@ -290,7 +409,7 @@ def _drop_incomplete(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFr
             stacklevel=5,
         )
         frame = frame.loc[complete].copy()
-    return frame, n_dropped
+    return frame, n_dropped, complete
 
 
 def _evaluate(expression: str, frame: pd.DataFrame, what: str):
