@@ -1,6 +1,7 @@
 """Engines: everything that fits a specified model.
 
 :mod:`~bayeslmm.engines.collapsed` (the exact collapsed sampler for Gaussian models),
+:mod:`~bayeslmm.engines.glmm` (exact NUTS for binomial, Poisson and negative binomial mixed models),
 :mod:`~bayeslmm.engines.pymc_model` (the full PyMC model and NUTS), :mod:`~bayeslmm.engines.regression`
 (exact Bayesian linear regression for ``Lm`` and ``Lm2``), :mod:`~bayeslmm.engines.reml` (lme4's REML/ML),
 :mod:`~bayeslmm.engines.least_squares` (no- and complete-pooling references), with the shared pieces:

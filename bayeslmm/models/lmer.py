@@ -9,7 +9,7 @@ import pandas as pd
 import xarray as xr
 
 from bayeslmm.analysis import pooling
-from bayeslmm.engines import collapsed
+from bayeslmm.engines import collapsed, glmm
 from bayeslmm.engines.posterior_names import var_names
 from bayeslmm.engines.sampling import SamplerSettings
 from bayeslmm.errors import FormulaError
@@ -125,9 +125,12 @@ class Lmer(Model):
             :mod:`bayeslmm.engines.collapsed` supports (Normal fixed-effect priors, moderate numbers of
             group effects) integrate the fixed and group effects out exactly, sample only the variance
             parameters, and draw the effects from their exact conditional (no compilation, about 10x
-            faster); every other model samples the full PyMC model. ``False`` forces the full model;
-            ``True`` requires the collapsed sampler and raises if it does not apply. Both sample the
-            same posterior.
+            faster); binomial, Poisson and negative binomial models go to the exact GLMM sampler of
+            :mod:`bayeslmm.engines.glmm` (NUTS on the joint posterior in a parametrization informed by
+            the Laplace approximation, compiled once for every model) when their priors are Normal,
+            Student-t or Cauchy on the fixed effects; every other model samples the full PyMC model.
+            ``False`` forces the full PyMC model; ``True`` requires the collapsed (gaussian) or GLMM
+            sampler and raises if it does not apply. All sample the same posterior.
         **sampler_options
             ``target_accept`` (e.g. 0.95), ``maxdepth``, ``cores``; ``nuts_sampler="pymc"`` uses PyMC's
             own NUTS on the full model; ``method="imh"`` or ``"nuts"`` chooses the collapsed sampler's
@@ -147,8 +150,13 @@ class Lmer(Model):
         options = {k: v for k, v in settings.items() if k not in ("draws", "tune", "chains", "random_seed", "progressbar")}
         base = {k: settings[k] for k in ("draws", "tune", "chains", "random_seed")}
         if self._uses_collapsed_sampler(marginalize, options):
-            return collapsed.sample_marginal(
-                self.design, self.model_priors, keep=keep, progressbar=settings["progressbar"], **base, **options
+            if self.family.name == "gaussian":
+                return collapsed.sample_marginal(
+                    self.design, self.model_priors, keep=keep, progressbar=settings["progressbar"], **base, **options
+                )
+            return glmm.sample_glmm(
+                self.design, self.model_priors, self.family, keep=keep, progressbar=settings["progressbar"],
+                **base, **options,
             )
         from bayeslmm.engines.pymc_model import (  # PyMC loads only for this path
             build_model,
@@ -160,13 +168,21 @@ class Lmer(Model):
         return sample_pymc(model, keep=keep, progressbar=settings["progressbar"], **base, **options)
 
     def _uses_collapsed_sampler(self, marginalize: bool | None, options: dict) -> bool:
-        """Whether to use the exact collapsed sampler (see :meth:`fit`)."""
+        """Whether to use one of the compiled-once exact samplers, collapsed or GLMM (see :meth:`fit`)."""
         if marginalize is False:
             return False
-        possible = options.get("nuts_sampler", "nutpie") == "nutpie" and collapsed.supports(
+        gaussian = self.family.name == "gaussian"
+        engine = collapsed if gaussian else glmm
+        possible = options.get("nuts_sampler", "nutpie") == "nutpie" and engine.supports(
             self.design, self.model_priors, self.family
         )
         if marginalize and not possible:
+            if not gaussian:
+                raise ValueError(
+                    "marginalize=True: the GLMM sampler needs a binomial, poisson or negbinomial family, "
+                    "Normal, StudentT or Cauchy priors on the fixed effects, and nutpie; use "
+                    "marginalize=None to fall back to the full PyMC model automatically"
+                )
             raise ValueError(
                 "marginalize=True: the collapsed sampler needs a gaussian family, Normal priors on the "
                 f"fixed effects, nutpie, and at most {collapsed.MAX_DENSE} fixed effects plus group effects "

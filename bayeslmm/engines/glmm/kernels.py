@@ -1,0 +1,703 @@
+"""numba kernels of the GLMM sampler: one compiled version (cached on disk) for every model.
+
+The log density is that of the joint posterior of (fixed effects, group effects, variance parameters,
+auxiliary parameter) in the Laplace-informed parametrization described in
+:mod:`bayeslmm.engines.glmm`; everything here takes flat NumPy arrays.
+
+Parameter vector ``x``::
+
+    x[0:p]                 w: whitened centred fixed effects, beta_c = beta_hat + L_beta w
+    x[xoff_j : ...]        per block: log sd (k_j), then k_j (k_j - 1) / 2 unconstrained correlation
+                           parameters (Stan's canonical partial correlations through tanh)
+    x[aux_off]             log dispersion (negative binomial only)
+    x[zoff_j : ...]        per block: z (G_j k_j), level-major
+
+``meta`` (int64)::
+
+    meta[0:8]  = n, p, J (blocks), family, n_dim, aux_off (-1 if none), kz (columns of Zv), aux prior row
+    meta[8 + 8 j : 16 + 8 j] = k_j, G_j, xoff_j, zoff_j, prow_j (first prior row), hoff_j (offset in H),
+                               coff_j (offset in c, u and b; A at coff_j * p), kcol_j (first column in Zv)
+
+Group block ``(j, g)`` maps ``z`` to the group effects (with ``F = diag(sd) L`` the Cholesky factor of
+the block's covariance, ``H`` and ``c`` the level's data information and pseudo-data at the Laplace
+reference, ``A`` its coupling to the fixed effects)::
+
+    P = I + F' H F = R R',   v = F' (c - A (beta_c - beta_hat)),   u = P^{-1} v + R^{-T} z,   b = F u
+
+and contributes ``-u'u / 2 - sum log R_ii`` (prior of ``b`` plus the log-Jacobian ``log |F| - log |R|``;
+the ``log |F|`` cancels against the prior's normalising constant).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import carray, cfunc, njit, types
+
+from bayeslmm.engines.collapsed.kernels import _as_void_pointer, _corr_cholesky, _positive_logp
+
+# families (meta[3])
+LOGIT, PROBIT, CLOGLOG, POISSON, NEGBIN = range(5)
+# fixed-effect prior kinds (rows of fixed_par: kind, a, b, c)
+F_NORMAL, F_STUDENT_T, F_CAUCHY = range(3)
+
+MODE_LOGP, MODE_GRAD, MODE_DRAW = 0, 1, 2
+_SQRT_2PI = math.sqrt(2.0 * math.pi)
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+
+
+# ----------------------------------------------------------------------------------- special functions
+@njit(cache=True)
+def _digamma(x):
+    """psi(x) for x > 0 (recurrence to x >= 6, then the asymptotic series; about 1e-13 relative)."""
+    result = 0.0
+    while x < 6.0:
+        result -= 1.0 / x
+        x += 1.0
+    f = 1.0 / (x * x)
+    series = f * (1.0 / 12 - f * (1.0 / 120 - f * (1.0 / 252 - f * (1.0 / 240 - f * (1.0 / 132)))))
+    return result + math.log(x) - 0.5 / x - series
+
+
+@njit(cache=True)
+def _log_ndtr_and_ratio(x):
+    """log Phi(x) and phi(x) / Phi(x), accurate in the far left tail."""
+    if x > -37.0:
+        cdf = 0.5 * math.erfc(-x * _INV_SQRT2)
+        return math.log(cdf), math.exp(-0.5 * x * x) / _SQRT_2PI / cdf
+    # Phi(x) = phi(x) / -x * (1 - 1/x^2 + 3/x^4 - 15/x^6 + 105/x^8 ...), relative error < 1e-12 here
+    t = 1.0 / (x * x)
+    s = 1.0 - t * (1.0 - t * (3.0 - t * (15.0 - t * 105.0)))
+    log_pdf = -0.5 * x * x - math.log(_SQRT_2PI)
+    return log_pdf - math.log(-x) + math.log(s), -x / s
+
+
+@njit(cache=True)
+def _row_loglik(family, y, trials, eta, r, d):
+    """Sum over rows of the log-likelihood (up to terms constant in the parameters) and, for the
+    negative binomial, ``sum_i [log(r + mu_i) + (r + y_i) / (r + mu_i)]`` (for its derivative in ``r``);
+    ``d`` gets d loglik / d eta per row. The negative binomial's gamma-function terms are left to
+    :func:`_nb_gamma_terms` (they depend on the counts only through their distinct values).
+
+    ``log(1 + t)`` is used instead of ``log1p(t)`` for ``t`` in (0, 1]: its absolute error (what a log
+    density needs) is below 1e-16, and it is several times faster.
+    """
+    n = eta.shape[0]
+    total = 0.0
+    if family == LOGIT:
+        for i in range(n):
+            e = eta[i]
+            t = math.exp(-abs(e))
+            one_t = 1.0 + t
+            mu = 1.0 / one_t if e > 0.0 else t / one_t
+            total += y[i] * e - trials[i] * (max(e, 0.0) + math.log(one_t))
+            d[i] = y[i] - trials[i] * mu
+        return total, 0.0
+    if family == POISSON:
+        for i in range(n):
+            mu = math.exp(eta[i])
+            total += y[i] * eta[i] - mu
+            d[i] = y[i] - mu
+        return total, 0.0
+    if family == NEGBIN:
+        log_r = math.log(r)
+        extra = 0.0
+        for i in range(n):
+            e = eta[i]
+            # log(r + mu) and q = mu / (r + mu), stably
+            if e > log_r:
+                t = math.exp(log_r - e)
+                log_rmu = e + math.log(1.0 + t)
+                q = 1.0 / (1.0 + t)
+            else:
+                t = math.exp(e - log_r)
+                log_rmu = log_r + math.log(1.0 + t)
+                q = t / (1.0 + t)
+            total += y[i] * e - (r + y[i]) * log_rmu
+            d[i] = y[i] - (r + y[i]) * q
+            extra += log_rmu + (r + y[i]) * (1.0 - q) / r
+        return total + n * r * log_r, extra
+    if family == PROBIT:
+        for i in range(n):
+            e = eta[i]
+            value = 0.0
+            di = 0.0
+            if y[i] > 0.0:
+                lp, ratio = _log_ndtr_and_ratio(e)
+                value += y[i] * lp
+                di += y[i] * ratio
+            if trials[i] - y[i] > 0.0:
+                lq, ratio = _log_ndtr_and_ratio(-e)
+                value += (trials[i] - y[i]) * lq
+                di -= (trials[i] - y[i]) * ratio
+            total += value
+            d[i] = di
+        return total, 0.0
+    # CLOGLOG: mu = 1 - exp(-exp(eta)); log(1 - mu) = -exp(eta)
+    for i in range(n):
+        e = eta[i]
+        t = math.exp(e)
+        value = -(trials[i] - y[i]) * t
+        di = value
+        if y[i] > 0.0:
+            if t < 1e-300:
+                value += y[i] * e  # -expm1(-t) = t to double precision
+                di += y[i]
+            else:
+                value += y[i] * math.log(-math.expm1(-t))
+                di += y[i] * t / math.expm1(t)
+        total += value
+        d[i] = di
+    return total, 0.0
+
+
+@njit(cache=True)
+def _nb_gamma_terms(r, n, counts, values):
+    """``sum_i [lgamma(y_i + r) - lgamma(r)]`` over the distinct counts ``values`` (multiplicities
+    ``counts``), and the derivative in ``r`` of the whole negative binomial log-likelihood but the
+    row sum :func:`_row_loglik` returns."""
+    value = -n * math.lgamma(r)
+    d_r = -n * _digamma(r) + n * (math.log(r) + 1.0)
+    for a in range(values.shape[0]):
+        value += counts[a] * math.lgamma(values[a] + r)
+        d_r += counts[a] * _digamma(values[a] + r)
+    return value, d_r
+
+
+@njit(cache=True)
+def _fixed_logp(kind, a, b, c, x):
+    """Log density (up to a constant) of a fixed-effect prior and its derivative."""
+    if kind == F_NORMAL:  # a = mu, b = sigma
+        z = (x - a) / b
+        return -0.5 * z * z, -z / b
+    if kind == F_STUDENT_T:  # a = nu, b = mu, c = sigma
+        z = (x - b) / c
+        return -0.5 * (a + 1.0) * math.log1p(z * z / a), -(a + 1.0) * z / (c * (a + z * z))
+    # F_CAUCHY: a = alpha (location), b = beta (scale)
+    z = (x - a) / b
+    return -math.log1p(z * z), -2.0 * z / (b * (1.0 + z * z))
+
+
+# ----------------------------------------------------------------------------------- small matrices
+@njit(cache=True)
+def _chol(A, L, k):
+    """Lower Cholesky of the leading k x k of ``A`` into ``L``; False if not positive definite."""
+    for i in range(k):
+        for j in range(i + 1):
+            s = A[i, j]
+            for t in range(j):
+                s -= L[i, t] * L[j, t]
+            if i == j:
+                if not s > 0.0:
+                    return False
+                L[i, i] = math.sqrt(s)
+            else:
+                L[i, j] = s / L[j, j]
+        for j in range(i + 1, k):
+            L[i, j] = 0.0
+    return True
+
+
+@njit(cache=True)
+def _lower_inverse(L, Li, k):
+    """Inverse of a lower-triangular ``L`` into ``Li``."""
+    for i in range(k):
+        for j in range(k):
+            Li[i, j] = 0.0
+    for i in range(k):
+        Li[i, i] = 1.0 / L[i, i]
+        for j in range(i):
+            s = 0.0
+            for t in range(j, i):
+                s -= L[i, t] * Li[t, j]
+            Li[i, j] = s / L[i, i]
+
+
+# ----------------------------------------------------------------------------------- the density
+@njit(cache=True)
+def _ctilde(ct, k, g, coff, p, c, A, dbeta, cval, cptr, ccol, b_all, bref):
+    """``c - A (beta - beta_hat) - C (b_earlier - b_hat_earlier)`` of level ``g`` of a block."""
+    for a in range(k):
+        row = coff + g * k + a
+        s = c[row]
+        for t in range(p):
+            s -= A[row * p + t] * dbeta[t]
+        for e in range(cptr[row], cptr[row + 1]):
+            col = ccol[e]
+            s -= cval[e] * (b_all[col] - bref[col])
+        ct[a] = s
+
+
+@njit(cache=True)
+def _scatter_coupling(fv, k, g, coff, p, A, cval, cptr, ccol, gbeta, bbar):
+    """Reverse pass of :func:`_ctilde`, given ``fv = F vbar``."""
+    for a in range(k):
+        row = coff + g * k + a
+        for t in range(p):
+            gbeta[t] -= A[row * p + t] * fv[a]
+        for e in range(cptr[row], cptr[row + 1]):
+            bbar[ccol[e]] -= cval[e] * fv[a]
+
+
+@njit(cache=True)
+def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, bref, Lb, fixed_par, prior_par,
+             eta_lkj, ytab, gidx, cptr, ccol, meta):
+    """Log posterior density at ``x``, its gradient, or the fixed and group effects of ``x``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (d,)
+        Unconstrained parameters (layout in the module docstring).
+    mode : int
+        0: log density; 1: also ``grad``; 2: fill ``out`` with ``(beta_c, b)`` and return without
+        evaluating the likelihood.
+    grad : ndarray, shape (d,)
+        Output gradient (mode 1).
+    out : ndarray, shape (p + sum G_j k_j,)
+        Output centred fixed effects and group effects, blocks in processing order (mode 2).
+    y, trials, offset : (n,)
+        Response (successes or counts), binomial trials (ones otherwise), offset.
+    X : (p n,) centred fixed-effects matrix, column-major.   Zv : (kz n,) every block's columns, column-major.
+    H : (sum G k^2,), c : (sum G k,), A : (sum G k p,)  the Laplace reference of every level: data
+        information, pseudo-data and coupling to the fixed effects.
+    cval : (nnz,) with cptr (sum G k + 1,) and ccol (nnz,)  coupling of every (level, term) to the
+        effects of the blocks processed before (CSR, columns index ``b``).
+    bhat : (p,), Lb : (p p,) lower-triangular: beta_c = bhat + Lb w.   bref : (sum G k,) b at the reference.
+    fixed_par : (4 p,) fixed-effect priors.  prior_par : (3 rows,) positive priors (SDs, then the
+    dispersion).  eta_lkj : (J,) LKJ shapes.  ytab : the distinct counts then their multiplicities
+    (negative binomial; empty otherwise).  gidx : (J n,) level of every row in every block.
+    meta : int64, see the module docstring.
+
+    Returns
+    -------
+    float
+        The log density (priors, likelihood and Jacobians, up to a constant); -inf where invalid.
+    """
+    n, p, J, family, d_all, aux_off = meta[0], meta[1], meta[2], meta[3], meta[4], meta[5]
+    want_grad = mode == MODE_GRAD
+    if want_grad:
+        for i in range(d_all):
+            grad[i] = 0.0
+    logp = 0.0
+    # ---- fixed effects
+    beta = np.empty(p)
+    dbeta = np.empty(p)
+    gbeta = np.zeros(p)
+    for a in range(p):
+        s = bhat[a]
+        for t in range(a + 1):
+            s += Lb[a * p + t] * x[t]
+        beta[a] = s
+        dbeta[a] = s - bhat[a]
+        lp, dlp = _fixed_logp(int(fixed_par[4 * a]), fixed_par[4 * a + 1], fixed_par[4 * a + 2], fixed_par[4 * a + 3], s)
+        logp += lp
+        gbeta[a] = dlp
+    # ---- dispersion
+    r = 1.0
+    if aux_off >= 0:
+        r = math.exp(x[aux_off])
+        row = meta[7]
+        lp, dlp = _positive_logp(int(prior_par[3 * row]), prior_par[3 * row + 1], prior_par[3 * row + 2], r)
+        logp += lp + x[aux_off]
+        if want_grad:
+            grad[aux_off] = r * dlp + 1.0
+    # ---- block factors F = diag(sd) L and their derivatives in the block's parameters
+    kmax = 1
+    for j in range(J):
+        kmax = max(kmax, meta[8 + 8 * j])
+    mmax = kmax * (kmax + 1) // 2
+    Fs = np.zeros((J, kmax, kmax))
+    dFs = np.zeros((J, mmax, kmax, kmax))
+    Lc = np.zeros((kmax, kmax))
+    ncorr = max(kmax * (kmax - 1) // 2, 1)
+    dLc = np.zeros((ncorr, kmax, kmax))
+    dlogj = np.zeros(ncorr)
+    nb_total = 0
+    for j in range(J):
+        base = 8 + 8 * j
+        k, G, xoff, prow = meta[base], meta[base + 1], meta[base + 2], meta[base + 4]
+        nb_total += G * k
+        sds = np.empty(k)
+        for t in range(k):
+            sd = math.exp(x[xoff + t])
+            sds[t] = sd
+            row = prow + t
+            lp, dlp = _positive_logp(int(prior_par[3 * row]), prior_par[3 * row + 1], prior_par[3 * row + 2], sd)
+            logp += lp + x[xoff + t]
+            if want_grad:
+                grad[xoff + t] += sd * dlp + 1.0
+        if k > 1:
+            m = k * (k - 1) // 2
+            logp += _corr_cholesky(x[xoff + k:xoff + k + m], k, Lc[:k, :k], dLc[:m, :k, :k], dlogj[:m])
+            for i in range(1, k):  # LKJ(eta) density of the Cholesky factor (Stan's lkj_corr_cholesky)
+                logp += (k - i + 2.0 * eta_lkj[j] - 3.0) * math.log(Lc[i, i])
+            if want_grad:
+                for mm in range(m):
+                    grad[xoff + k + mm] += dlogj[mm]
+                    for i in range(1, k):
+                        grad[xoff + k + mm] += (k - i + 2.0 * eta_lkj[j] - 3.0) * dLc[mm, i, i] / Lc[i, i]
+            for a in range(k):
+                for b in range(a + 1):
+                    Fs[j, a, b] = sds[a] * Lc[a, b]
+            for t in range(k):  # d F / d log sd_t: row t of F
+                for b in range(k):
+                    dFs[j, t, t, b] = Fs[j, t, b]
+            for mm in range(m):
+                for a in range(k):
+                    for b in range(k):
+                        dFs[j, k + mm, a, b] = sds[a] * dLc[mm, a, b]
+        else:
+            Fs[j, 0, 0] = sds[0]
+            dFs[j, 0, 0, 0] = sds[0]
+    # ---- group effects, block by block: b = F u, u = P^{-1} F' ct + R^{-T} z
+    b_all = np.empty(nb_total)
+    u_all = np.empty(nb_total)
+    nh = meta[8 + 8 * (J - 1) + 5] + meta[8 + 8 * (J - 1) + 1] * meta[8 + 8 * (J - 1)] ** 2
+    R_all = np.zeros(nh)  # per level of blocks with k > 1: R (lower) and H F, kept for the reverse pass
+    HF_all = np.empty(nh)
+    ct = np.empty(kmax)
+    P = np.empty((kmax, kmax))
+    R = np.zeros((kmax, kmax))
+    HF = np.empty((kmax, kmax))
+    v = np.empty(kmax)
+    w = np.empty(kmax)
+    for j in range(J):
+        base = 8 + 8 * j
+        k, G, zoff, hoff, coff = meta[base], meta[base + 1], meta[base + 3], meta[base + 5], meta[base + 6]
+        F = Fs[j, :k, :k]
+        for g in range(G):
+            _ctilde(ct, k, g, coff, p, c, A, dbeta, cval, cptr, ccol, b_all, bref)
+            if k == 1:
+                s = F[0, 0]
+                Pg = 1.0 + s * s * H[hoff + g]
+                Rg = math.sqrt(Pg)
+                u = s * ct[0] / Pg + x[zoff + g] / Rg
+                u_all[coff + g] = u
+                b_all[coff + g] = s * u
+                logp += -0.5 * u * u - math.log(Rg)
+                continue
+            h0 = hoff + g * k * k
+            for a in range(k):
+                for bb in range(k):
+                    s = 0.0
+                    for t in range(k):
+                        s += H[h0 + a * k + t] * F[t, bb]
+                    HF[a, bb] = s
+            for a in range(k):
+                for bb in range(k):
+                    s = 1.0 if a == bb else 0.0
+                    for t in range(k):
+                        s += F[t, a] * HF[t, bb]
+                    P[a, bb] = s
+            if not _chol(P, R, k):
+                return -np.inf
+            for a in range(k):
+                for bb in range(k):
+                    R_all[h0 + a * k + bb] = R[a, bb]
+                    HF_all[h0 + a * k + bb] = HF[a, bb]
+            for a in range(k):
+                s = 0.0
+                for t in range(k):
+                    s += F[t, a] * ct[t]
+                v[a] = s
+            for a in range(k):  # w = R^{-1} v + z
+                s = v[a]
+                for t in range(a):
+                    s -= R[a, t] * ((w[t] - x[zoff + g * k + t]))
+                w[a] = s / R[a, a] + x[zoff + g * k + a]
+            for a in range(k - 1, -1, -1):  # u = R^{-T} w
+                s = w[a]
+                for t in range(a + 1, k):
+                    s -= R[t, a] * w[t]
+                w[a] = s / R[a, a]
+            uu = 0.0
+            for a in range(k):
+                u_all[coff + g * k + a] = w[a]
+                uu += w[a] * w[a]
+                logp -= math.log(R[a, a])
+            logp -= 0.5 * uu
+            for a in range(k):
+                s = 0.0
+                for t in range(a + 1):
+                    s += F[a, t] * w[t]
+                b_all[coff + g * k + a] = s
+    if mode == MODE_DRAW:
+        for a in range(p):
+            out[a] = beta[a]
+        for i in range(nb_total):
+            out[p + i] = b_all[i]
+        return logp
+    # ---- likelihood: column passes over the rows (X, Zv and gidx are stored column-major)
+    eta = offset.copy()
+    for a in range(p):
+        ba = beta[a]
+        col = a * n
+        for i in range(n):
+            eta[i] += X[col + i] * ba
+    for j in range(J):
+        base = 8 + 8 * j
+        k, coff, kcol = meta[base], meta[base + 6], meta[base + 7]
+        grow = j * n
+        for t in range(k):
+            zcol = (kcol + t) * n
+            for i in range(n):
+                eta[i] += Zv[zcol + i] * b_all[coff + gidx[grow + i] * k + t]
+    d = np.empty(n)
+    value, extra = _row_loglik(family, y, trials, eta, r, d)
+    logp += value
+    if aux_off >= 0:
+        half = ytab.shape[0] // 2
+        value, d_r = _nb_gamma_terms(r, n, ytab[half:], ytab[:half])
+        logp += value
+    if not want_grad or not np.isfinite(logp):
+        return logp
+    if aux_off >= 0:
+        grad[aux_off] += r * (d_r - extra)
+    for a in range(p):
+        s = 0.0
+        col = a * n
+        for i in range(n):
+            s += X[col + i] * d[i]
+        gbeta[a] += s
+    bbar = np.zeros(nb_total)
+    for j in range(J):
+        base = 8 + 8 * j
+        k, coff, kcol = meta[base], meta[base + 6], meta[base + 7]
+        grow = j * n
+        for t in range(k):
+            zcol = (kcol + t) * n
+            for i in range(n):
+                bbar[coff + gidx[grow + i] * k + t] += Zv[zcol + i] * d[i]
+    # ---- reverse pass through the group effects, last block first (it feeds the earlier ones' bbar)
+    Ri = np.zeros((kmax, kmax))
+    dP = np.empty((kmax, kmax))
+    Phi = np.zeros((kmax, kmax))
+    Tm = np.empty((kmax, kmax))
+    w1 = np.empty(kmax)
+    w2 = np.empty(kmax)
+    ubar = np.empty(kmax)
+    zbar = np.empty(kmax)
+    vbar = np.empty(kmax)
+    fv = np.empty(kmax)
+    gth = np.zeros(mmax)
+    for j in range(J - 1, -1, -1):
+        base = 8 + 8 * j
+        k, G, xoff, zoff, hoff, coff = meta[base], meta[base + 1], meta[base + 2], meta[base + 3], meta[base + 5], meta[base + 6]
+        F = Fs[j, :k, :k]
+        nm = k * (k + 1) // 2
+        for mm in range(nm):
+            gth[mm] = 0.0
+        for g in range(G):
+            _ctilde(ct, k, g, coff, p, c, A, dbeta, cval, cptr, ccol, b_all, bref)
+            if k == 1:
+                s = F[0, 0]
+                h = H[hoff + g]
+                Pg = 1.0 + s * s * h
+                Rg = math.sqrt(Pg)
+                u = u_all[coff + g]
+                w1s = s * ct[0] / Pg
+                w2s = u - w1s
+                bb = bbar[coff + g]
+                ub = s * bb - u
+                zb = ub / Rg
+                vb = ub / Pg
+                grad[zoff + g] = zb
+                fv[0] = s * vb
+                _scatter_coupling(fv, 1, g, coff, p, A, cval, cptr, ccol, gbeta, bbar)
+                dPg = 2.0 * s * s * h
+                dRg = dPg / (2.0 * Rg)
+                gth[0] += bb * s * u - vb * dPg * w1s + ct[0] * s * vb - w2s * dRg * zb - dPg / (2.0 * Pg)
+                continue
+            h0 = hoff + g * k * k
+            for a in range(k):
+                for bb in range(k):
+                    R[a, bb] = R_all[h0 + a * k + bb]
+                    HF[a, bb] = HF_all[h0 + a * k + bb]
+            _lower_inverse(R, Ri, k)
+            for a in range(k):
+                s = 0.0
+                for t in range(k):
+                    s += F[t, a] * ct[t]
+                v[a] = s
+            # w1 = P^{-1} v = Ri' Ri v, w2 = u - w1
+            for a in range(k):
+                s = 0.0
+                for t in range(a + 1):
+                    s += Ri[a, t] * v[t]
+                w[a] = s
+            for a in range(k):
+                s = 0.0
+                for t in range(a, k):
+                    s += Ri[t, a] * w[t]
+                w1[a] = s
+                w2[a] = u_all[coff + g * k + a] - s
+            # ubar = F' bbar - u; zbar = R^{-1} ubar; vbar = R^{-T} zbar
+            for a in range(k):
+                s = -u_all[coff + g * k + a]
+                for t in range(k):
+                    s += F[t, a] * bbar[coff + g * k + t]
+                ubar[a] = s
+            for a in range(k):
+                s = 0.0
+                for t in range(a + 1):
+                    s += Ri[a, t] * ubar[t]
+                zbar[a] = s
+                grad[zoff + g * k + a] = s
+            for a in range(k):
+                s = 0.0
+                for t in range(a, k):
+                    s += Ri[t, a] * zbar[t]
+                vbar[a] = s
+            for a in range(k):
+                s = 0.0
+                for t in range(k):
+                    s += F[a, t] * vbar[t]
+                fv[a] = s
+            _scatter_coupling(fv, k, g, coff, p, A, cval, cptr, ccol, gbeta, bbar)
+            # variance parameters, forward mode: one pass per parameter of the block
+            for mm in range(nm):
+                dF = dFs[j, mm, :k, :k]
+                for a in range(k):  # dP = dF' H F + F' H dF
+                    for bb in range(k):
+                        s = 0.0
+                        for t in range(k):
+                            s += dF[t, a] * HF[t, bb]
+                        Tm[a, bb] = s
+                for a in range(k):
+                    for bb in range(k):
+                        dP[a, bb] = Tm[a, bb] + Tm[bb, a]
+                total = 0.0
+                for a in range(k):  # bbar' dF u + ct' dF vbar
+                    s1 = 0.0
+                    s2 = 0.0
+                    for t in range(k):
+                        s1 += dF[a, t] * u_all[coff + g * k + t]
+                        s2 += dF[a, t] * vbar[t]
+                    total += bbar[coff + g * k + a] * s1 + ct[a] * s2
+                for a in range(k):  # - vbar' dP w1
+                    s = 0.0
+                    for t in range(k):
+                        s += dP[a, t] * w1[t]
+                    total -= vbar[a] * s
+                # Phi = lower(Ri dP Ri') with half diagonal, so dR = R Phi and tr(P^{-1} dP) / 2 = tr(Phi)
+                for a in range(k):
+                    for bb in range(k):
+                        s = 0.0
+                        for t in range(a + 1):
+                            s += Ri[a, t] * dP[t, bb]
+                        Tm[a, bb] = s
+                for a in range(k):
+                    for bb in range(a + 1):
+                        s = 0.0
+                        for t in range(bb + 1):
+                            s += Tm[a, t] * Ri[bb, t]
+                        Phi[a, bb] = 0.5 * s if a == bb else s
+                    total -= Phi[a, a]
+                for a in range(k):  # - w2' dR zbar
+                    s = 0.0
+                    for t in range(a + 1):
+                        q = 0.0
+                        for e2 in range(t + 1):
+                            q += Phi[t, e2] * zbar[e2]
+                        s += R[a, t] * q
+                    total -= w2[a] * s
+                gth[mm] += total
+        for mm in range(nm):
+            grad[xoff + mm] += gth[mm]
+    # ---- whitened fixed effects: grad_w = Lb' gbeta
+    for t in range(p):
+        s = 0.0
+        for a in range(t, p):
+            s += Lb[a * p + t] * gbeta[a]
+        grad[t] = s
+    return logp
+
+
+@njit(cache=True, nogil=True)
+def evaluate_many(xs, mode, outs, values, y, trials, offset, X, Zv, H, c, A, cval, bhat, bref, Lb, fixed_par,
+                  prior_par, eta_lkj, ytab, gidx, cptr, ccol, meta):
+    """``values[i]`` = log density at ``xs[i]``; mode 2 also fills ``outs[i]`` with ``(beta_c, b)``."""
+    grad = np.zeros(xs.shape[1])
+    for i in range(xs.shape[0]):
+        values[i] = evaluate(xs[i], mode, grad, outs[i], y, trials, offset, X, Zv, H, c, A, cval, bhat, bref, Lb,
+                             fixed_par, prior_par, eta_lkj, ytab, gidx, cptr, ccol, meta)
+
+
+# ----------------------------------------------------------------------------------- C callbacks
+N_FLOAT = 16  # y, trials, offset, X, Zv, H, c, A, cval, bhat, bref, Lb, fixed_par, prior_par, eta_lkj, ytab
+N_INT = 4  # gidx, cptr, ccol, meta
+
+_LOGP_SIG = types.int64(
+    types.uint64, types.CPointer(types.double), types.CPointer(types.double), types.CPointer(types.double), types.voidptr
+)
+_EXPAND_SIG = types.int64(
+    types.uint64, types.uint64, types.CPointer(types.double), types.CPointer(types.double), types.voidptr
+)
+
+
+def _c_logp(dim, x_, out_, logp_, user_data):
+    """nutpie's C log-density callback: ``user_data`` points to (address, length) pairs of the arrays."""
+    try:
+        hdr = carray(user_data, (2 * (N_FLOAT + N_INT),), dtype=np.uint64)
+        x = carray(x_, (dim,))
+        grad = carray(out_, (dim,))
+        logp = carray(logp_, (1,))
+        empty = np.zeros(0)
+        # a runtime int, not the literal MODE_GRAD: a literal argument makes numba compile evaluate a
+        # second time (its other caller, evaluate_many, passes an int64)
+        mode = x.size * 0 + MODE_GRAD
+        # each array inline: a helper called with a constant index would be compiled once per value
+        f64, i64 = np.float64, np.int64
+        value = evaluate(
+            x, mode, grad, empty,
+            carray(_as_void_pointer(hdr[0]), (hdr[1],), dtype=f64),
+            carray(_as_void_pointer(hdr[2]), (hdr[3],), dtype=f64),
+            carray(_as_void_pointer(hdr[4]), (hdr[5],), dtype=f64),
+            carray(_as_void_pointer(hdr[6]), (hdr[7],), dtype=f64),
+            carray(_as_void_pointer(hdr[8]), (hdr[9],), dtype=f64),
+            carray(_as_void_pointer(hdr[10]), (hdr[11],), dtype=f64),
+            carray(_as_void_pointer(hdr[12]), (hdr[13],), dtype=f64),
+            carray(_as_void_pointer(hdr[14]), (hdr[15],), dtype=f64),
+            carray(_as_void_pointer(hdr[16]), (hdr[17],), dtype=f64),
+            carray(_as_void_pointer(hdr[18]), (hdr[19],), dtype=f64),
+            carray(_as_void_pointer(hdr[20]), (hdr[21],), dtype=f64),
+            carray(_as_void_pointer(hdr[22]), (hdr[23],), dtype=f64),
+            carray(_as_void_pointer(hdr[24]), (hdr[25],), dtype=f64),
+            carray(_as_void_pointer(hdr[26]), (hdr[27],), dtype=f64),
+            carray(_as_void_pointer(hdr[28]), (hdr[29],), dtype=f64),
+            carray(_as_void_pointer(hdr[30]), (hdr[31],), dtype=f64),
+            carray(_as_void_pointer(hdr[32]), (hdr[33],), dtype=i64),
+            carray(_as_void_pointer(hdr[34]), (hdr[35],), dtype=i64),
+            carray(_as_void_pointer(hdr[36]), (hdr[37],), dtype=i64),
+            carray(_as_void_pointer(hdr[38]), (hdr[39],), dtype=i64),
+        )
+        logp[0] = value
+        if not np.isfinite(value):
+            return 4
+        for i in range(dim):
+            if not np.isfinite(grad[i]):
+                return 3
+    except Exception:  # noqa: BLE001 -- an invalid point is a rejected point, not a crash
+        return 1
+    return 0
+
+
+def _c_expand(dim, expanded, x_, out_, user_data):
+    """nutpie's expand callback: keep the unconstrained point; everything else is derived afterwards."""
+    x = carray(x_, (dim,))
+    out = carray(out_, (expanded,))
+    for i in range(dim):
+        out[i] = x[i]
+    return 0
+
+
+_CALLBACKS: dict = {}
+
+
+def callbacks() -> tuple[int, int]:
+    """Addresses of the C log-density and expand callbacks, compiled (or loaded from cache) on first use."""
+    if not _CALLBACKS:
+        _CALLBACKS["logp"] = cfunc(_LOGP_SIG, cache=True)(_c_logp)
+        _CALLBACKS["expand"] = cfunc(_EXPAND_SIG, cache=True)(_c_expand)
+    return _CALLBACKS["logp"].address, _CALLBACKS["expand"].address
