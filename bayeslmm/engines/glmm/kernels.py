@@ -15,8 +15,9 @@ Parameter vector ``x``::
 ``meta`` (int64)::
 
     meta[0:8]  = n, p, J (blocks), family, n_dim, aux_off (-1 if none), kz (columns of Zv), aux prior row
-    meta[8 + 8 j : 16 + 8 j] = k_j, G_j, xoff_j, zoff_j, prow_j (first prior row), hoff_j (offset in H),
-                               coff_j (offset in c, u and b; A at coff_j * p), kcol_j (first column in Zv)
+    meta[8 + 9 j : 17 + 9 j] = k_j, G_j, xoff_j, zoff_j, prow_j (first prior row), hoff_j (offset in H),
+                               coff_j (offset in c, u and b; A at coff_j * p), kcol_j (first column in Zv),
+                               1 if the block's SDs enter the fixed effects' map, else 0
 
 Group block ``(j, g)`` maps ``z`` to the group effects (with ``F = diag(sd) L`` the Cholesky factor of
 the block's covariance, ``H`` and ``c`` the level's data information and pseudo-data at the Laplace
@@ -216,6 +217,53 @@ def _lower_inverse(L, Li, k):
 
 # ----------------------------------------------------------------------------------- the density
 @njit(cache=True)
+def _block_factors(x, J, kmax, meta, prior_par, eta_lkj, Fs, dFs, grad, want_grad):
+    """SD priors, LKJ densities and Jacobians of every block; ``Fs[j] = diag(sd) L`` and its derivatives
+    ``dFs[j, m]`` in the block's parameters (log SDs, then correlation parameters). Returns the log density."""
+    logp = 0.0
+    Lc = np.zeros((kmax, kmax))
+    ncorr = max(kmax * (kmax - 1) // 2, 1)
+    dLc = np.zeros((ncorr, kmax, kmax))
+    dlogj = np.zeros(ncorr)
+    sds = np.empty(kmax)
+    for j in range(J):
+        base = 8 + 9 * j
+        k, xoff, prow = meta[base], meta[base + 2], meta[base + 4]
+        for t in range(k):
+            sd = math.exp(x[xoff + t])
+            sds[t] = sd
+            row = prow + t
+            lp, dlp = _positive_logp(int(prior_par[3 * row]), prior_par[3 * row + 1], prior_par[3 * row + 2], sd)
+            logp += lp + x[xoff + t]
+            if want_grad:
+                grad[xoff + t] += sd * dlp + 1.0
+        if k == 1:
+            Fs[j, 0, 0] = sds[0]
+            dFs[j, 0, 0, 0] = sds[0]
+            continue
+        m = k * (k - 1) // 2
+        logp += _corr_cholesky(x[xoff + k:xoff + k + m], k, Lc[:k, :k], dLc[:m, :k, :k], dlogj[:m])
+        for i in range(1, k):  # LKJ(eta) density of the Cholesky factor (Stan's lkj_corr_cholesky)
+            logp += (k - i + 2.0 * eta_lkj[j] - 3.0) * math.log(Lc[i, i])
+        if want_grad:
+            for mm in range(m):
+                grad[xoff + k + mm] += dlogj[mm]
+                for i in range(1, k):
+                    grad[xoff + k + mm] += (k - i + 2.0 * eta_lkj[j] - 3.0) * dLc[mm, i, i] / Lc[i, i]
+        for a in range(k):
+            for b in range(a + 1):
+                Fs[j, a, b] = sds[a] * Lc[a, b]
+        for t in range(k):  # d F / d log sd_t: row t of F
+            for b in range(k):
+                dFs[j, t, t, b] = Fs[j, t, b]
+        for mm in range(m):
+            for a in range(k):
+                for b in range(k):
+                    dFs[j, k + mm, a, b] = sds[a] * dLc[mm, a, b]
+    return logp
+
+
+@njit(cache=True)
 def _ctilde(ct, k, g, coff, p, c, A, dbeta, cval, cptr, ccol, b_all, bref):
     """``c - A (beta - beta_hat) - C (b_earlier - b_hat_earlier)`` of level ``g`` of a block."""
     for a in range(k):
@@ -241,7 +289,27 @@ def _scatter_coupling(fv, k, g, coff, p, A, cval, cptr, ccol, gbeta, bbar):
 
 
 @njit(cache=True)
-def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, bref, Lb, fixed_par, prior_par,
+def _solve_lower(R, x, k):
+    """``x = R^{-1} x`` in place (R lower triangular, leading k x k)."""
+    for a in range(k):
+        s = x[a]
+        for t in range(a):
+            s -= R[a, t] * x[t]
+        x[a] = s / R[a, a]
+
+
+@njit(cache=True)
+def _solve_upper_t(R, x, k):
+    """``x = R^{-T} x`` in place."""
+    for a in range(k - 1, -1, -1):
+        s = x[a]
+        for t in range(a + 1, k):
+            s -= R[t, a] * x[t]
+        x[a] = s / R[a, a]
+
+
+@njit(cache=True)
+def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, bref, beta_par, fixed_par, prior_par,
              eta_lkj, ytab, gidx, cptr, ccol, meta):
     """Log posterior density at ``x``, its gradient, or the fixed and group effects of ``x``.
 
@@ -263,7 +331,8 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
         information, pseudo-data and coupling to the fixed effects.
     cval : (nnz,) with cptr (sum G k + 1,) and ccol (nnz,)  coupling of every (level, term) to the
         effects of the blocks processed before (CSR, columns index ``b``).
-    bhat : (p,), Lb : (p p,) lower-triangular: beta_c = bhat + Lb w.   bref : (sum G k,) b at the reference.
+    bhat : (p,) fixed effects at the reference.   bref : (sum G k,) group effects at the reference.
+    beta_par : (p p + p + 1,)  ``S0``, ``delta0``, ``lam`` of the fixed effects' map.
     fixed_par : (4 p,) fixed-effect priors.  prior_par : (3 rows,) positive priors (SDs, then the
     dispersion).  eta_lkj : (J,) LKJ shapes.  ytab : the distinct counts then their multiplicities
     (negative binomial; empty otherwise).  gidx : (J n,) level of every row in every block.
@@ -280,19 +349,6 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
         for i in range(d_all):
             grad[i] = 0.0
     logp = 0.0
-    # ---- fixed effects
-    beta = np.empty(p)
-    dbeta = np.empty(p)
-    gbeta = np.zeros(p)
-    for a in range(p):
-        s = bhat[a]
-        for t in range(a + 1):
-            s += Lb[a * p + t] * x[t]
-        beta[a] = s
-        dbeta[a] = s - bhat[a]
-        lp, dlp = _fixed_logp(int(fixed_par[4 * a]), fixed_par[4 * a + 1], fixed_par[4 * a + 2], fixed_par[4 * a + 3], s)
-        logp += lp
-        gbeta[a] = dlp
     # ---- dispersion
     r = 1.0
     if aux_off >= 0:
@@ -302,81 +358,35 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
         logp += lp + x[aux_off]
         if want_grad:
             grad[aux_off] = r * dlp + 1.0
-    # ---- block factors F = diag(sd) L and their derivatives in the block's parameters
+    # ---- block factors F = diag(sd) L
     kmax = 1
+    nb_total = 0
     for j in range(J):
-        kmax = max(kmax, meta[8 + 8 * j])
+        kmax = max(kmax, meta[8 + 9 * j])
+        nb_total += meta[8 + 9 * j] * meta[9 + 9 * j]
     mmax = kmax * (kmax + 1) // 2
     Fs = np.zeros((J, kmax, kmax))
     dFs = np.zeros((J, mmax, kmax, kmax))
-    Lc = np.zeros((kmax, kmax))
-    ncorr = max(kmax * (kmax - 1) // 2, 1)
-    dLc = np.zeros((ncorr, kmax, kmax))
-    dlogj = np.zeros(ncorr)
-    nb_total = 0
-    for j in range(J):
-        base = 8 + 8 * j
-        k, G, xoff, prow = meta[base], meta[base + 1], meta[base + 2], meta[base + 4]
-        nb_total += G * k
-        sds = np.empty(k)
-        for t in range(k):
-            sd = math.exp(x[xoff + t])
-            sds[t] = sd
-            row = prow + t
-            lp, dlp = _positive_logp(int(prior_par[3 * row]), prior_par[3 * row + 1], prior_par[3 * row + 2], sd)
-            logp += lp + x[xoff + t]
-            if want_grad:
-                grad[xoff + t] += sd * dlp + 1.0
-        if k > 1:
-            m = k * (k - 1) // 2
-            logp += _corr_cholesky(x[xoff + k:xoff + k + m], k, Lc[:k, :k], dLc[:m, :k, :k], dlogj[:m])
-            for i in range(1, k):  # LKJ(eta) density of the Cholesky factor (Stan's lkj_corr_cholesky)
-                logp += (k - i + 2.0 * eta_lkj[j] - 3.0) * math.log(Lc[i, i])
-            if want_grad:
-                for mm in range(m):
-                    grad[xoff + k + mm] += dlogj[mm]
-                    for i in range(1, k):
-                        grad[xoff + k + mm] += (k - i + 2.0 * eta_lkj[j] - 3.0) * dLc[mm, i, i] / Lc[i, i]
-            for a in range(k):
-                for b in range(a + 1):
-                    Fs[j, a, b] = sds[a] * Lc[a, b]
-            for t in range(k):  # d F / d log sd_t: row t of F
-                for b in range(k):
-                    dFs[j, t, t, b] = Fs[j, t, b]
-            for mm in range(m):
-                for a in range(k):
-                    for b in range(k):
-                        dFs[j, k + mm, a, b] = sds[a] * dLc[mm, a, b]
-        else:
-            Fs[j, 0, 0] = sds[0]
-            dFs[j, 0, 0, 0] = sds[0]
-    # ---- group effects, block by block: b = F u, u = P^{-1} F' ct + R^{-T} z
-    b_all = np.empty(nb_total)
-    u_all = np.empty(nb_total)
-    nh = meta[8 + 8 * (J - 1) + 5] + meta[8 + 8 * (J - 1) + 1] * meta[8 + 8 * (J - 1)] ** 2
-    R_all = np.zeros(nh)  # per level of blocks with k > 1: R (lower) and H F, kept for the reverse pass
+    logp += _block_factors(x, J, kmax, meta, prior_par, eta_lkj, Fs, dFs, grad, want_grad)
+    # ---- pass 1 over the levels: P = I + F'HF = R R', At = R^{-1} F'A, t0 = R^{-1} F'c; K, delta
+    nh = meta[8 + 9 * (J - 1) + 5] + meta[8 + 9 * (J - 1) + 1] * meta[8 + 9 * (J - 1)] ** 2
+    R_all = np.zeros(nh)
     HF_all = np.empty(nh)
-    ct = np.empty(kmax)
+    At_all = np.empty(nb_total * p)
+    t0_all = np.empty(nb_total)
+    K = np.zeros((p, p))
+    delta = np.zeros(p)
+    for a in range(p):
+        delta[a] = beta_par[p * p + a]
+    HF = np.empty((kmax, kmax))
     P = np.empty((kmax, kmax))
     R = np.zeros((kmax, kmax))
-    HF = np.empty((kmax, kmax))
-    v = np.empty(kmax)
-    w = np.empty(kmax)
+    ct = np.empty(kmax)
     for j in range(J):
-        base = 8 + 8 * j
-        k, G, zoff, hoff, coff = meta[base], meta[base + 1], meta[base + 3], meta[base + 5], meta[base + 6]
+        base = 8 + 9 * j
+        k, G, hoff, coff = meta[base], meta[base + 1], meta[base + 5], meta[base + 6]
         F = Fs[j, :k, :k]
         for g in range(G):
-            _ctilde(ct, k, g, coff, p, c, A, dbeta, cval, cptr, ccol, b_all, bref)
-            if k == 1:
-                s = F[0, 0]
-                Pg = 1.0 + s * s * H[hoff + g]
-                Rg = math.sqrt(Pg)
-                u = s * ct[0] / Pg + x[zoff + g] / Rg
-                u_all[coff + g] = u
-                b_all[coff + g] = s * u
-                logp += -0.5 * u * u - math.log(Rg)
-                continue
             h0 = hoff + g * k * k
             for a in range(k):
                 for bb in range(k):
@@ -385,7 +395,7 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
                         s += H[h0 + a * k + t] * F[t, bb]
                     HF[a, bb] = s
             for a in range(k):
-                for bb in range(k):
+                for bb in range(a + 1):
                     s = 1.0 if a == bb else 0.0
                     for t in range(k):
                         s += F[t, a] * HF[t, bb]
@@ -393,29 +403,93 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
             if not _chol(P, R, k):
                 return -np.inf
             for a in range(k):
+                logp -= math.log(R[a, a])
                 for bb in range(k):
                     R_all[h0 + a * k + bb] = R[a, bb]
                     HF_all[h0 + a * k + bb] = HF[a, bb]
+            if meta[base + 8] == 0:
+                continue
+            r0 = coff + g * k
+            for a in range(k):
+                s = 0.0
+                for t in range(k):
+                    s += F[t, a] * c[r0 + t]
+                ct[a] = s
+            _solve_lower(R, ct, k)
+            for a in range(k):
+                t0_all[r0 + a] = ct[a]
+            for col in range(p):
+                for a in range(k):
+                    s = 0.0
+                    for t in range(k):
+                        s += F[t, a] * A[(r0 + t) * p + col]
+                    ct[a] = s
+                _solve_lower(R, ct, k)
+                for a in range(k):
+                    At_all[(r0 + a) * p + col] = ct[a]
+            for a in range(k):
+                rowa = (r0 + a) * p
+                ta = t0_all[r0 + a]
+                for col in range(p):
+                    v = At_all[rowa + col]
+                    delta[col] -= v * ta
+                    for col2 in range(col + 1):
+                        K[col, col2] += v * At_all[rowa + col2]
+    # ---- fixed effects: beta = bhat + S^{-1} lam delta + Lb^{-T} w, S = S0 - lam K = Lb Lb'
+    lam = beta_par[p * p + p]
+    S = np.empty((p, p))
+    Lb = np.zeros((p, p))
+    for a in range(p):
+        for bb in range(a + 1):
+            S[a, bb] = beta_par[a * p + bb] - lam * K[a, bb]
+    if not _chol(S, Lb, p):
+        return -np.inf
+    mb = np.empty(p)
+    for a in range(p):
+        mb[a] = lam * delta[a]
+        logp -= math.log(Lb[a, a])
+    _solve_lower(Lb, mb, p)
+    _solve_upper_t(Lb, mb, p)  # mb = S^{-1} lam delta
+    omega = np.empty(p)
+    for a in range(p):
+        omega[a] = x[a]
+    _solve_upper_t(Lb, omega, p)  # omega = Lb^{-T} w
+    beta = np.empty(p)
+    dbeta = np.empty(p)
+    gbeta = np.zeros(p)
+    for a in range(p):
+        dbeta[a] = mb[a] + omega[a]
+        beta[a] = bhat[a] + dbeta[a]
+        lp, dlp = _fixed_logp(int(fixed_par[4 * a]), fixed_par[4 * a + 1], fixed_par[4 * a + 2], fixed_par[4 * a + 3], beta[a])
+        logp += lp
+        gbeta[a] = dlp
+    # ---- pass 2: group effects block by block, b = F u, u = R^{-T} (R^{-1} F' ct + z)
+    b_all = np.empty(nb_total)
+    u_all = np.empty(nb_total)
+    w = np.empty(kmax)
+    for j in range(J):
+        base = 8 + 9 * j
+        k, G, zoff, hoff, coff = meta[base], meta[base + 1], meta[base + 3], meta[base + 5], meta[base + 6]
+        F = Fs[j, :k, :k]
+        for g in range(G):
+            h0 = hoff + g * k * k
+            for a in range(k):
+                for bb in range(a + 1):
+                    R[a, bb] = R_all[h0 + a * k + bb]
+            _ctilde(ct, k, g, coff, p, c, A, dbeta, cval, cptr, ccol, b_all, bref)
             for a in range(k):
                 s = 0.0
                 for t in range(k):
                     s += F[t, a] * ct[t]
-                v[a] = s
-            for a in range(k):  # w = R^{-1} v + z
-                s = v[a]
-                for t in range(a):
-                    s -= R[a, t] * ((w[t] - x[zoff + g * k + t]))
-                w[a] = s / R[a, a] + x[zoff + g * k + a]
-            for a in range(k - 1, -1, -1):  # u = R^{-T} w
-                s = w[a]
-                for t in range(a + 1, k):
-                    s -= R[t, a] * w[t]
-                w[a] = s / R[a, a]
+                w[a] = s
+            _solve_lower(R, w, k)
+            for a in range(k):
+                w[a] += x[zoff + g * k + a]
+            _solve_upper_t(R, w, k)
             uu = 0.0
             for a in range(k):
                 u_all[coff + g * k + a] = w[a]
                 uu += w[a] * w[a]
-                logp -= math.log(R[a, a])
             logp -= 0.5 * uu
             for a in range(k):
                 s = 0.0
@@ -436,7 +510,7 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
         for i in range(n):
             eta[i] += X[col + i] * ba
     for j in range(J):
-        base = 8 + 8 * j
+        base = 8 + 9 * j
         k, coff, kcol = meta[base], meta[base + 6], meta[base + 7]
         grow = j * n
         for t in range(k):
@@ -462,7 +536,7 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
         gbeta[a] += s
     bbar = np.zeros(nb_total)
     for j in range(J):
-        base = 8 + 8 * j
+        base = 8 + 9 * j
         k, coff, kcol = meta[base], meta[base + 6], meta[base + 7]
         grow = j * n
         for t in range(k):
@@ -482,56 +556,30 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
     fv = np.empty(kmax)
     gth = np.zeros(mmax)
     for j in range(J - 1, -1, -1):
-        base = 8 + 8 * j
+        base = 8 + 9 * j
         k, G, xoff, zoff, hoff, coff = meta[base], meta[base + 1], meta[base + 2], meta[base + 3], meta[base + 5], meta[base + 6]
         F = Fs[j, :k, :k]
         nm = k * (k + 1) // 2
         for mm in range(nm):
             gth[mm] = 0.0
         for g in range(G):
-            _ctilde(ct, k, g, coff, p, c, A, dbeta, cval, cptr, ccol, b_all, bref)
-            if k == 1:
-                s = F[0, 0]
-                h = H[hoff + g]
-                Pg = 1.0 + s * s * h
-                Rg = math.sqrt(Pg)
-                u = u_all[coff + g]
-                w1s = s * ct[0] / Pg
-                w2s = u - w1s
-                bb = bbar[coff + g]
-                ub = s * bb - u
-                zb = ub / Rg
-                vb = ub / Pg
-                grad[zoff + g] = zb
-                fv[0] = s * vb
-                _scatter_coupling(fv, 1, g, coff, p, A, cval, cptr, ccol, gbeta, bbar)
-                dPg = 2.0 * s * s * h
-                dRg = dPg / (2.0 * Rg)
-                gth[0] += bb * s * u - vb * dPg * w1s + ct[0] * s * vb - w2s * dRg * zb - dPg / (2.0 * Pg)
-                continue
             h0 = hoff + g * k * k
             for a in range(k):
                 for bb in range(k):
                     R[a, bb] = R_all[h0 + a * k + bb]
                     HF[a, bb] = HF_all[h0 + a * k + bb]
             _lower_inverse(R, Ri, k)
+            _ctilde(ct, k, g, coff, p, c, A, dbeta, cval, cptr, ccol, b_all, bref)
+            # w1 = P^{-1} F' ct, w2 = u - w1
             for a in range(k):
                 s = 0.0
                 for t in range(k):
                     s += F[t, a] * ct[t]
-                v[a] = s
-            # w1 = P^{-1} v = Ri' Ri v, w2 = u - w1
-            for a in range(k):
-                s = 0.0
-                for t in range(a + 1):
-                    s += Ri[a, t] * v[t]
-                w[a] = s
-            for a in range(k):
-                s = 0.0
-                for t in range(a, k):
-                    s += Ri[t, a] * w[t]
                 w1[a] = s
-                w2[a] = u_all[coff + g * k + a] - s
+            _solve_lower(R, w1, k)
+            _solve_upper_t(R, w1, k)
+            for a in range(k):
+                w2[a] = u_all[coff + g * k + a] - w1[a]
             # ubar = F' bbar - u; zbar = R^{-1} ubar; vbar = R^{-T} zbar
             for a in range(k):
                 s = -u_all[coff + g * k + a]
@@ -544,18 +592,15 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
                     s += Ri[a, t] * ubar[t]
                 zbar[a] = s
                 grad[zoff + g * k + a] = s
-            for a in range(k):
-                s = 0.0
-                for t in range(a, k):
-                    s += Ri[t, a] * zbar[t]
                 vbar[a] = s
+            _solve_upper_t(R, vbar, k)
             for a in range(k):
                 s = 0.0
                 for t in range(k):
                     s += F[a, t] * vbar[t]
                 fv[a] = s
             _scatter_coupling(fv, k, g, coff, p, A, cval, cptr, ccol, gbeta, bbar)
-            # variance parameters, forward mode: one pass per parameter of the block
+            # the block's parameters, forward mode: one pass per parameter
             for mm in range(nm):
                 dF = dFs[j, mm, :k, :k]
                 for a in range(k):  # dP = dF' H F + F' H dF
@@ -568,19 +613,17 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
                     for bb in range(k):
                         dP[a, bb] = Tm[a, bb] + Tm[bb, a]
                 total = 0.0
-                for a in range(k):  # bbar' dF u + ct' dF vbar
+                for a in range(k):  # bbar' dF u + ct' dF vbar - vbar' dP w1
                     s1 = 0.0
                     s2 = 0.0
+                    s3 = 0.0
                     for t in range(k):
                         s1 += dF[a, t] * u_all[coff + g * k + t]
                         s2 += dF[a, t] * vbar[t]
-                    total += bbar[coff + g * k + a] * s1 + ct[a] * s2
-                for a in range(k):  # - vbar' dP w1
-                    s = 0.0
-                    for t in range(k):
-                        s += dP[a, t] * w1[t]
-                    total -= vbar[a] * s
-                # Phi = lower(Ri dP Ri') with half diagonal, so dR = R Phi and tr(P^{-1} dP) / 2 = tr(Phi)
+                        s3 += dP[a, t] * w1[t]
+                    total += bbar[coff + g * k + a] * s1 + ct[a] * s2 - vbar[a] * s3
+                # Phi = lower(Ri dP Ri') with half diagonal: dR = R Phi; - w2' dR zbar, and the
+                # Jacobian's - tr(P^{-1} dP) / 2 = - tr(Phi)
                 for a in range(k):
                     for bb in range(k):
                         s = 0.0
@@ -593,39 +636,141 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
                         for t in range(bb + 1):
                             s += Tm[a, t] * Ri[bb, t]
                         Phi[a, bb] = 0.5 * s if a == bb else s
-                    total -= Phi[a, a]
-                for a in range(k):  # - w2' dR zbar
+                for a in range(k):
                     s = 0.0
                     for t in range(a + 1):
                         q = 0.0
                         for e2 in range(t + 1):
                             q += Phi[t, e2] * zbar[e2]
                         s += R[a, t] * q
-                    total -= w2[a] * s
+                    total -= w2[a] * s + Phi[a, a]
                 gth[mm] += total
         for mm in range(nm):
             grad[xoff + mm] += gth[mm]
-    # ---- whitened fixed effects: grad_w = Lb' gbeta
-    for t in range(p):
-        s = 0.0
-        for a in range(t, p):
-            s += Lb[a * p + t] * gbeta[a]
-        grad[t] = s
+    # ---- reverse pass through the fixed effects' map
+    # wbar = Lb^{-1} gbeta; s1 = S^{-1} gbeta; Sbar = -s1 mb' - Lb^{-T} T Lb^{-1} - S^{-1} / 2, with
+    # T = lower(w wbar') (half diagonal); Kbar = -lam sym(Sbar); deltabar = lam s1
+    wbar = gbeta.copy()
+    _solve_lower(Lb, wbar, p)
+    for a in range(p):
+        grad[a] = wbar[a]
+    s1 = wbar.copy()
+    _solve_upper_t(Lb, s1, p)
+    Li = np.zeros((p, p))
+    _lower_inverse(Lb, Li, p)
+    Tw = np.zeros((p, p))
+    for a in range(p):
+        for bb in range(a):
+            Tw[a, bb] = x[a] * wbar[bb]
+        Tw[a, a] = 0.5 * x[a] * wbar[a]
+    M1 = np.zeros((p, p))  # Li' Tw Li
+    for a in range(p):
+        for bb in range(p):
+            s = 0.0
+            for t in range(max(a, bb), p):
+                q = 0.0
+                for e2 in range(bb, t + 1):
+                    q += Tw[t, e2] * Li[e2, bb]
+                s += Li[t, a] * q
+            M1[a, bb] = s
+    Kbar = np.empty((p, p))
+    for a in range(p):
+        for bb in range(p):
+            sinv = 0.0
+            for t in range(max(a, bb), p):
+                sinv += Li[t, a] * Li[t, bb]
+            sb = -0.5 * (s1[a] * mb[bb] + s1[bb] * mb[a]) - 0.5 * (M1[a, bb] + M1[bb, a]) - 0.5 * sinv
+            Kbar[a, bb] = -lam * sb
+    dbar = np.empty(p)
+    for a in range(p):
+        dbar[a] = lam * s1[a]
+    # ---- pass over the levels: K and delta depend on the variance parameters (forward mode)
+    Y = np.empty((kmax, p))
+    E = np.empty((kmax, p))
+    EY = np.empty((kmax, kmax))
+    y0 = np.empty(kmax)
+    gd = np.empty(kmax)
+    dG = np.empty((kmax, p))
+    for j in range(J):
+        base = 8 + 9 * j
+        k, G, xoff, hoff, coff = meta[base], meta[base + 1], meta[base + 2], meta[base + 5], meta[base + 6]
+        if meta[base + 8] == 0:
+            continue
+        nm = k * (k + 1) // 2
+        for mm in range(nm):
+            gth[mm] = 0.0
+        for g in range(G):
+            h0 = hoff + g * k * k
+            r0 = coff + g * k
+            for a in range(k):
+                for bb in range(k):
+                    R[a, bb] = R_all[h0 + a * k + bb]
+                    HF[a, bb] = HF_all[h0 + a * k + bb]
+                y0[a] = t0_all[r0 + a]
+            _lower_inverse(R, Ri, k)
+            _solve_upper_t(R, y0, k)  # y0 = P^{-1} F' c
+            for col in range(p):  # Y = R^{-T} At = P^{-1} F' A
+                for a in range(k):
+                    ct[a] = At_all[(r0 + a) * p + col]
+                _solve_upper_t(R, ct, k)
+                for a in range(k):
+                    Y[a, col] = ct[a]
+            for a in range(k):
+                s = 0.0
+                for col in range(p):
+                    q = 0.0
+                    for col2 in range(p):
+                        q += Y[a, col2] * Kbar[col2, col]
+                    E[a, col] = q
+                    s += Y[a, col] * dbar[col]
+                gd[a] = s
+            for a in range(k):
+                for bb in range(k):
+                    s = 0.0
+                    for col in range(p):
+                        s += E[a, col] * Y[bb, col]
+                    EY[a, bb] = s
+            for mm in range(nm):
+                dF = dFs[j, mm, :k, :k]
+                for a in range(k):  # dP = dF' H F + F' H dF
+                    for bb in range(k):
+                        s = 0.0
+                        for t in range(k):
+                            s += dF[t, a] * HF[t, bb]
+                        Tm[a, bb] = s
+                total = 0.0
+                for a in range(k):
+                    for bb in range(k):
+                        dPab = Tm[a, bb] + Tm[bb, a]
+                        total -= dPab * (EY[a, bb] - gd[a] * y0[bb])
+                for a in range(k):
+                    s = 0.0
+                    for t in range(k):
+                        s += dF[t, a] * c[r0 + t]
+                    total -= gd[a] * s  # - gd' dv0
+                    for col in range(p):
+                        s = 0.0
+                        for t in range(k):
+                            s += dF[t, a] * A[(r0 + t) * p + col]
+                        total += s * (2.0 * E[a, col] - y0[a] * dbar[col])  # 2 <dG, E> - y0' dG dbar
+                gth[mm] += total
+        for mm in range(nm):
+            grad[xoff + mm] += gth[mm]
     return logp
 
 
 @njit(cache=True, nogil=True)
-def evaluate_many(xs, mode, outs, values, y, trials, offset, X, Zv, H, c, A, cval, bhat, bref, Lb, fixed_par,
+def evaluate_many(xs, mode, outs, values, y, trials, offset, X, Zv, H, c, A, cval, bhat, bref, beta_par, fixed_par,
                   prior_par, eta_lkj, ytab, gidx, cptr, ccol, meta):
     """``values[i]`` = log density at ``xs[i]``; mode 2 also fills ``outs[i]`` with ``(beta_c, b)``."""
     grad = np.zeros(xs.shape[1])
     for i in range(xs.shape[0]):
-        values[i] = evaluate(xs[i], mode, grad, outs[i], y, trials, offset, X, Zv, H, c, A, cval, bhat, bref, Lb,
-                             fixed_par, prior_par, eta_lkj, ytab, gidx, cptr, ccol, meta)
+        values[i] = evaluate(xs[i], mode, grad, outs[i], y, trials, offset, X, Zv, H, c, A, cval, bhat, bref,
+                             beta_par, fixed_par, prior_par, eta_lkj, ytab, gidx, cptr, ccol, meta)
 
 
 # ----------------------------------------------------------------------------------- C callbacks
-N_FLOAT = 16  # y, trials, offset, X, Zv, H, c, A, cval, bhat, bref, Lb, fixed_par, prior_par, eta_lkj, ytab
+N_FLOAT = 16  # y, trials, offset, X, Zv, H, c, A, cval, bhat, bref, beta_par, fixed_par, prior_par, eta_lkj, ytab
 N_INT = 4  # gidx, cptr, ccol, meta
 
 _LOGP_SIG = types.int64(

@@ -124,7 +124,7 @@ class Packed:
     Attributes
     ----------
     floats : list of ndarray
-        ``y, trials, offset, X, Zv, H, c, A, bhat, Lb, fixed_par, prior_par, eta_lkj, ytab``
+        ``y, trials, offset, X, Zv, H, c, A, cval, bhat, bref, beta_par, fixed_par, prior_par, eta_lkj, ytab``
         (``X``, ``Zv`` column-major).
     ints : list of ndarray
         ``gidx, meta``.
@@ -416,7 +416,8 @@ def pack(design: Design, priors: ModelPriors, family) -> Packed:
         _coupling(C[:, p:], level_S, cptr, ccol, cval, n)
         z_offsets[j] = zoff
         b_offsets[j] = coff
-        meta_blocks += [k, G, x_offsets[j], zoff, len(prior_rows), hoff, coff, kcol]
+        in_map = int(G * k * p <= max(n, MIN_MAP_WORK))
+        meta_blocks += [k, G, x_offsets[j], zoff, len(prior_rows), hoff, coff, kcol, in_map]
         prior_rows += [prior_code(priors.group_sd[block.name][t]) for t in block.terms]
         zoff += G * k
         hoff += G * k * k
@@ -428,12 +429,12 @@ def pack(design: Design, priors: ModelPriors, family) -> Packed:
         prior_rows.append(prior_code(priors.aux["dispersion"]))
     n_dim = zoff
     fixed_par = np.array([fixed_prior_code(priors.fixed[t]) for t in design.fixed_terms], dtype=float).reshape(-1)
-    Lb = np.linalg.cholesky(ref.cov_beta) if p else np.zeros((0, 0))
+    beta_par = _fixed_map(ref, [ref.cov[j] for j in order], _cat(H_parts), _cat(A_parts), _cat(bref_parts), meta_blocks, p)
     eta_lkj = np.array([priors.eta.get(blocks[j].name, 1.0) for j in order], dtype=float)
     meta = [n, p, J, code, n_dim, -1 if aux_offset is None else aux_offset, Zv.shape[1], aux_row] + meta_blocks
     floats = [
         y, trials, offset, Xc.T.reshape(-1), Zv.T.reshape(-1), _cat(H_parts), _cat(c_parts), _cat(A_parts),
-        np.array(cval, dtype=float), ref.beta, _cat(bref_parts), Lb.reshape(-1), fixed_par,
+        np.array(cval, dtype=float), ref.beta, _cat(bref_parts), beta_par, fixed_par,
         np.array(prior_rows, dtype=float).reshape(-1), eta_lkj, np.concatenate([values, counts]).astype(float),
     ]
     ints = [gidx.reshape(-1), np.array(cptr), np.array(ccol), np.array(meta)]
@@ -445,6 +446,55 @@ def pack(design: Design, priors: ModelPriors, family) -> Packed:
     if aux_offset is not None:
         init[aux_offset] = math.log(ref.dispersion)
     return Packed(floats, ints, n_dim, x_offsets, z_offsets, b_offsets, aux_offset, init, ref)
+
+
+#: A block's SDs enter the fixed effects' map when its levels' share of that work (G k p^2 per evaluation)
+#: is at most that of the rows (n p), or below this many multiply-adds; otherwise its part of the map is
+#: held at the reference (blocks with about one level per row: their SDs barely move the fixed effects).
+MIN_MAP_WORK = 2000
+#: Smallest eigenvalue of the fixed effects' map precision S(theta) relative to the reference's, whatever
+#: the variance parameters (see :func:`_fixed_map`).
+MIN_PRECISION_RATIO = 1e-4
+
+
+def _fixed_map(ref: Reference, order_cov: list, H, A, bref, meta_blocks: list, p: int) -> np.ndarray:
+    """``S0``, ``delta0`` and ``lam`` of the fixed effects' map (the kernel's ``beta_par``).
+
+    Given the variance parameters, the fixed effects are ``beta = bhat + S^{-1} lam delta + Lb^{-T} w``
+    with ``S = Lb Lb' = S0 - lam K``, ``K = sum_g A_g' M_g^{-1} A_g``, ``delta = delta0 - sum_g A_g'
+    M_g^{-1} c_g`` and ``M_g = Sigma^{-1} + H_g``: with one block and ``lam = 1``, the Laplace marginal of
+    the fixed effects at those variance parameters. ``S0 = S_ref + lam K_ref`` makes ``S`` the exact
+    marginal precision ``S_ref`` at the reference; as every ``M_g^{-1}`` grows with the block's
+    covariance, ``K <= K_inf = sum_g A_g' H_g^+ A_g``, and ``lam`` (at most 1) keeps
+    ``S >= MIN_PRECISION_RATIO S_ref`` for all variance parameters, so the map is always defined.
+    Only blocks marked for the map (``meta`` flag, see :data:`MIN_MAP_WORK`) enter ``K`` and ``delta``;
+    the others' part stays in ``S_ref``.
+    """
+    if p == 0:
+        return np.zeros(1)
+    S_ref = np.linalg.inv(ref.cov_beta)
+    S_ref = 0.5 * (S_ref + S_ref.T)
+    K_ref = np.zeros((p, p))
+    K_inf = np.zeros((p, p))
+    delta0 = np.zeros(p)
+    for pos in range(len(meta_blocks) // 9):
+        k, G, hoff, coff, in_map = (meta_blocks[9 * pos + i] for i in (0, 1, 5, 6, 8))
+        if not in_map:
+            continue
+        Hg = H[hoff:hoff + G * k * k].reshape(G, k, k)
+        Ag = A[coff * p:(coff + G * k) * p].reshape(G, k, p)
+        bg = bref[coff:coff + G * k].reshape(G, k)
+        M = np.linalg.inv(order_cov[pos])[None] + Hg
+        K_ref += np.einsum("gkp,gkl,glq->pq", Ag, np.linalg.inv(M), Ag)
+        K_inf += np.einsum("gkp,gkl,glq->pq", Ag, np.linalg.pinv(Hg, hermitian=True), Ag)
+        delta0 += np.einsum("gkp,gk->p", Ag, bg)
+    L = np.linalg.cholesky(S_ref)
+    Li = np.linalg.inv(L)
+    growth = Li @ (K_inf - K_ref) @ Li.T
+    top = float(np.linalg.eigvalsh(0.5 * (growth + growth.T))[-1])
+    lam = 1.0 if top <= 1.0 - MIN_PRECISION_RATIO else (1.0 - MIN_PRECISION_RATIO) / top
+    S0 = S_ref + lam * K_ref
+    return np.concatenate([S0.reshape(-1), delta0, [lam]])
 
 
 def _coupling(C: np.ndarray, level_S: np.ndarray, cptr: list, ccol: list, cval: list, n: int) -> None:
