@@ -298,6 +298,18 @@ class Lmer(Model):
 
         return plots.plot_caterpillar(self, group, terms, **options)
 
+    def plot_rootogram(self, **options: Any):
+        """Hanging rootogram of a count response; see :func:`bayeslmm.plots.plot_rootogram`."""
+        from bayeslmm import plots
+
+        return plots.plot_rootogram(self, **options)
+
+    def plot_ppc_groups(self, group: str | None = None, **options: Any):
+        """Observed against replicated proportion or mean count per group; see :func:`bayeslmm.plots.plot_ppc_groups`."""
+        from bayeslmm import plots
+
+        return plots.plot_ppc_groups(self, group, **options)
+
     def plot_variance_components(self, **options: Any):
         """Posterior densities of SDs and correlations; see :func:`bayeslmm.plots.plot_variance_components`."""
         from bayeslmm import plots

@@ -19,6 +19,10 @@ function                           picture
                                    the REML estimate and confidence interval beside each
 :func:`plot_variance_components`   posterior densities of SDs and correlations, REML estimate marked
 :func:`plot_ppc`                   observed distribution against replicated data sets
+:func:`plot_rootogram`             counts: observed frequencies hanging from the posterior
+                                   predictive ones (square-root scale)
+:func:`plot_ppc_groups`            discrete responses: observed proportion (or mean count) of
+                                   each group against its replicated interval
 :func:`plot_compare`               elpd (LOO) with standard errors for several models
 :func:`plot_prior_posterior`       prior against posterior for any hyperparameter
 =================================  ===============================================================
@@ -31,6 +35,7 @@ layout. Large models stay readable: beyond ``max_groups`` groups a plot shows an
 
 from bayeslmm.plots.caterpillar import plot_caterpillar
 from bayeslmm.plots.coefficients import plot_coefs
+from bayeslmm.plots.discrete import plot_ppc_groups, plot_rootogram
 from bayeslmm.plots.comparison import plot_compare
 from bayeslmm.plots.group_fits import plot_group_fits
 from bayeslmm.plots.ppc import plot_ppc
@@ -48,6 +53,8 @@ __all__ = [
     "plot_coefs",
     "plot_variance_components",
     "plot_ppc",
+    "plot_rootogram",
+    "plot_ppc_groups",
     "plot_compare",
     "plot_prior_posterior",
 ]

@@ -33,6 +33,26 @@ def reml_fit(model: Any):
     return model.fit_frequentist(REML=True)
 
 
+def response_scale(model: Any) -> tuple[np.ndarray, str]:
+    """The observed response on the scale of the expected response, and its axis label.
+
+    A binomial response becomes the proportion of successes (successes / trials); counts with an offset
+    on the log scale become rates per unit of exposure (``y / exp(offset)``), the scale on which group
+    fits evaluate the expected response (offset 0); everything else is the response itself.
+    """
+    design = model.design
+    name = design.formula.response
+    if design.formula.binomial is not None:
+        name = design.formula.binomial[0]
+    if design.trials is not None and getattr(model.family, "name", "") == "binomial":
+        if np.all(design.trials == 1):
+            return design.y, f"{name} (proportion)"
+        return design.y / design.trials, f"{name} (proportion)"
+    if design.offset is not None and model.family.link.name == "log":
+        return design.y / np.exp(design.offset), f"{name} / exp(offset)"
+    return design.y, name
+
+
 def group_terms(design: Design, factor: str) -> list[str]:
     return list(dict.fromkeys(term for block in design.blocks_of(factor) for term in block.terms))
 

@@ -22,6 +22,7 @@ from bayeslmm.plots.common import (
     find_term,
     flat_draws,
     no_pooling_fits,
+    response_scale,
 )
 from bayeslmm.plots.style import (
     COLORS,
@@ -62,11 +63,14 @@ def plot_group_fits(
 ) -> Figure:
     """One facet per group: its data, posterior mean and nested credible bands of its expected response.
 
-    The expected response of group ``g`` at predictor value ``x`` is the fixed part plus the group's
-    deviation, computed for every posterior draw; the bands are central quantiles of those draws (the
-    uncertainty of the group's line, not of single observations). Other predictors are held at their
-    mean (numeric) or most common value (categorical), as a note says; other grouping factors are at
-    their population mean (zero deviation).
+    The expected response of group ``g`` at predictor value ``x`` is the inverse link of the fixed part
+    plus the group's deviation, computed for every posterior draw; the bands are central quantiles of
+    those draws (the uncertainty of the group's curve, not of single observations). It is on the
+    response scale: a probability for binomial models, whose data are drawn as proportions of
+    successes, and a mean count for count models, per unit of ``exp(offset)`` when the model has an
+    offset (the data drawn as counts divided by it). Other predictors are held at their mean (numeric)
+    or most common value (categorical), as a note says; other grouping factors are at their population
+    mean (zero deviation).
 
     Parameters
     ----------
@@ -137,14 +141,15 @@ def plot_group_fits(
     rng = np.random.default_rng(seed)
     data_x, codes = design.data[x], design.blocks_of(factor)[0].group_index
     levels = design.factors[factor]
-    jitter = _jitter_widths(design.y, data_x, grid.categorical)
+    observed, y_label = response_scale(model)
+    jitter = _jitter_widths(observed, data_x, grid.categorical)
     n_thinned = 0
     for panel, (position, g) in zip(panels, enumerate(shown)):
         rows = np.flatnonzero(codes == g)
         if len(rows) > max_points:
             rows, n_thinned = np.sort(rng.choice(rows, max_points, replace=False)), n_thinned + 1
         draw = _draw_group_categorical if grid.categorical else _draw_group_numeric
-        y_rows = design.y[rows] + (rng.uniform(-jitter[1], jitter[1], len(rows)) if jitter[1] else 0.0)
+        y_rows = observed[rows] + (rng.uniform(-jitter[1], jitter[1], len(rows)) if jitter[1] else 0.0)
         draw(panel, grid, data_x.iloc[rows], y_rows, bands, position, overlays, rng, jitter[0])
         panel.set_title(facet_title(factor, levels[g]), fontsize=9, pad=3)
         panel.tick_params(labelsize=8)
@@ -159,11 +164,11 @@ def plot_group_fits(
     if grid.held:
         notes.append("Other predictors held at " + ", ".join(f"{k} = {v}" for k, v in grid.held.items()) + ".")
     handles = _group_fit_handles(probs, grid.categorical, overlays)
-    label_outer(panels, min(col_wrap, len(panels)), x, design.formula.response, owned)
+    label_outer(panels, min(col_wrap, len(panels)), x, y_label, owned)
     finish_figure(
         fig,
         owned,
-        title=f"{design.formula.response} by {x}, one panel per {factor}",
+        title=f"{y_label} by {x}, one panel per {factor}",
         legend=handles,
         note=" ".join(notes),
         ax=panels[0],
@@ -225,7 +230,12 @@ def _prediction_grid(design: Design, x: str, n_grid: int) -> _Grid:
         typical = _typical(data[column])
         held[column] = f"{typical:.3g}" if isinstance(typical, float) else str(typical)
         frame[column] = _like(data[column], [typical] * len(values))
-    new = design.evaluate(frame)
+    # the curves leave the offset out (rates per unit of exp(offset)); its columns only need valid values
+    for column in data.columns:
+        if column not in frame and any(str(column) in expression for expression in design.formula.offsets):
+            frame[column] = data[column].iloc[[0] * len(values)].reset_index(drop=True)
+    offset = None if design.offset_argument is None else np.zeros(len(values))
+    new = design.evaluate(frame, offset=offset)
     Z = {block.name: block.Z for block in new.blocks}
     return _Grid(x, values, categorical, new.X, Z, held)
 

@@ -7,8 +7,9 @@ auxiliary parameter) in the Laplace-informed parametrization described in
 Parameter vector ``x``::
 
     x[0:p]                 w: whitened centred fixed effects, beta_c = beta_hat + L_beta w
-    x[xoff_j : ...]        per block: log sd (k_j), then k_j (k_j - 1) / 2 unconstrained correlation
-                           parameters (Stan's canonical partial correlations through tanh)
+    x[xoff_j : ...]        per block: k_j SD parameters (log sd, or sd = scale softplus(x) for
+                           light-tailed priors: :func:`_sd_transform`), then k_j (k_j - 1) / 2
+                           unconstrained correlation parameters (Stan's canonical partial correlations)
     x[aux_off]             log dispersion (negative binomial only)
     x[zoff_j : ...]        per block: z (G_j k_j), level-major
 
@@ -217,6 +218,32 @@ def _lower_inverse(L, Li, k):
 
 # ----------------------------------------------------------------------------------- the density
 @njit(cache=True)
+def _sd_transform(x, scale):
+    """An SD from its unconstrained parameter: ``exp(x)`` when ``scale`` is 0, else
+    ``scale * softplus(x)``; returns the SD, its derivative, the log-Jacobian and the latter's derivative.
+
+    ``exp`` suits priors with heavy upper tails; for light-tailed priors (half-normal, exponential) the
+    log density in ``log sd`` falls doubly exponentially (its curvature grows like ``sd^2``), which no
+    fixed NUTS step survives, while in ``x`` with ``sd = scale softplus(x)`` it is linear below the
+    scale (``sd ~ scale e^x``) and Gaussian or linear above it.
+    """
+    if scale == 0.0:
+        sd = math.exp(x)
+        return sd, sd, x, 1.0
+    if x > 0.0:
+        e = math.exp(-x)
+        softplus = x + math.log(1.0 + e)
+        sig = 1.0 / (1.0 + e)
+        log_sig = -math.log(1.0 + e)
+    else:
+        e = math.exp(x)
+        softplus = math.log1p(e)  # once per SD and evaluation: full relative precision is cheap here
+        sig = e / (1.0 + e)
+        log_sig = x - softplus
+    return scale * softplus, scale * sig, math.log(scale) + log_sig, 1.0 - sig
+
+
+@njit(cache=True)
 def _block_factors(x, J, kmax, meta, prior_par, eta_lkj, Fs, dFs, grad, want_grad):
     """SD priors, LKJ densities and Jacobians of every block; ``Fs[j] = diag(sd) L`` and its derivatives
     ``dFs[j, m]`` in the block's parameters (log SDs, then correlation parameters). Returns the log density."""
@@ -226,20 +253,22 @@ def _block_factors(x, J, kmax, meta, prior_par, eta_lkj, Fs, dFs, grad, want_gra
     dLc = np.zeros((ncorr, kmax, kmax))
     dlogj = np.zeros(ncorr)
     sds = np.empty(kmax)
+    dsds = np.empty(kmax)
     for j in range(J):
         base = 8 + 9 * j
         k, xoff, prow = meta[base], meta[base + 2], meta[base + 4]
         for t in range(k):
-            sd = math.exp(x[xoff + t])
-            sds[t] = sd
             row = prow + t
-            lp, dlp = _positive_logp(int(prior_par[3 * row]), prior_par[3 * row + 1], prior_par[3 * row + 2], sd)
-            logp += lp + x[xoff + t]
+            sd, dsd, logj, dlogj_sd = _sd_transform(x[xoff + t], prior_par[4 * row + 3])
+            sds[t] = sd
+            dsds[t] = dsd
+            lp, dlp = _positive_logp(int(prior_par[4 * row]), prior_par[4 * row + 1], prior_par[4 * row + 2], sd)
+            logp += lp + logj
             if want_grad:
-                grad[xoff + t] += sd * dlp + 1.0
+                grad[xoff + t] += dsd * dlp + dlogj_sd
         if k == 1:
             Fs[j, 0, 0] = sds[0]
-            dFs[j, 0, 0, 0] = sds[0]
+            dFs[j, 0, 0, 0] = dsds[0]
             continue
         m = k * (k - 1) // 2
         logp += _corr_cholesky(x[xoff + k:xoff + k + m], k, Lc[:k, :k], dLc[:m, :k, :k], dlogj[:m])
@@ -253,9 +282,9 @@ def _block_factors(x, J, kmax, meta, prior_par, eta_lkj, Fs, dFs, grad, want_gra
         for a in range(k):
             for b in range(a + 1):
                 Fs[j, a, b] = sds[a] * Lc[a, b]
-        for t in range(k):  # d F / d log sd_t: row t of F
+        for t in range(k):  # d F / d x_t: row t of F times (d sd_t / d x_t) / sd_t
             for b in range(k):
-                dFs[j, t, t, b] = Fs[j, t, b]
+                dFs[j, t, t, b] = dsds[t] * Lc[t, b]
         for mm in range(m):
             for a in range(k):
                 for b in range(k):
@@ -333,8 +362,8 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
         effects of the blocks processed before (CSR, columns index ``b``).
     bhat : (p,) fixed effects at the reference.   bref : (sum G k,) group effects at the reference.
     beta_par : (p p + p + 1,)  ``S0``, ``delta0``, ``lam`` of the fixed effects' map.
-    fixed_par : (4 p,) fixed-effect priors.  prior_par : (3 rows,) positive priors (SDs, then the
-    dispersion).  eta_lkj : (J,) LKJ shapes.  ytab : the distinct counts then their multiplicities
+    fixed_par : (4 p,) fixed-effect priors.  prior_par : (4 rows,) positive priors (SDs, then the
+    dispersion): kind, two parameters, and the scale of the SD's softplus transform (0: exp).  eta_lkj : (J,) LKJ shapes.  ytab : the distinct counts then their multiplicities
     (negative binomial; empty otherwise).  gidx : (J n,) level of every row in every block.
     meta : int64, see the module docstring.
 
@@ -354,7 +383,7 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
     if aux_off >= 0:
         r = math.exp(x[aux_off])
         row = meta[7]
-        lp, dlp = _positive_logp(int(prior_par[3 * row]), prior_par[3 * row + 1], prior_par[3 * row + 2], r)
+        lp, dlp = _positive_logp(int(prior_par[4 * row]), prior_par[4 * row + 1], prior_par[4 * row + 2], r)
         logp += lp + x[aux_off]
         if want_grad:
             grad[aux_off] = r * dlp + 1.0

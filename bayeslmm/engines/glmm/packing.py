@@ -138,6 +138,8 @@ class Packed:
     init : ndarray, shape (n_dim,)
         The reference point in ``x``.
     reference : Reference
+    sd_scales : list of list of float
+        Per block and term, the scale of the SD's softplus transform (0: the SD is ``exp(x)``).
     """
 
     floats: list
@@ -149,6 +151,12 @@ class Packed:
     aux_offset: int | None
     init: np.ndarray
     reference: Reference
+    sd_scales: list
+
+    def sds(self, xs: np.ndarray, block: int, k: int) -> np.ndarray:
+        """SDs of block ``block`` (formula order) from unconstrained draws ``xs`` (..., n_dim)."""
+        off = self.x_offsets[block]
+        return np.stack([sd_forward(xs[..., off + t], self.sd_scales[block][t]) for t in range(k)], axis=-1)
 
     @property
     def args(self) -> tuple:
@@ -418,7 +426,7 @@ def pack(design: Design, priors: ModelPriors, family) -> Packed:
         b_offsets[j] = coff
         in_map = int(G * k * p <= max(n, MIN_MAP_WORK))
         meta_blocks += [k, G, x_offsets[j], zoff, len(prior_rows), hoff, coff, kcol, in_map]
-        prior_rows += [prior_code(priors.group_sd[block.name][t]) for t in block.terms]
+        prior_rows += [_sd_prior_row(priors.group_sd[block.name][t]) for t in block.terms]
         zoff += G * k
         hoff += G * k * k
         coff += G * k
@@ -426,7 +434,7 @@ def pack(design: Design, priors: ModelPriors, family) -> Packed:
     aux_row = -1
     if code == NEGBIN:
         aux_row = len(prior_rows)
-        prior_rows.append(prior_code(priors.aux["dispersion"]))
+        prior_rows.append(prior_code(priors.aux["dispersion"]) + (0.0,))
     n_dim = zoff
     fixed_par = np.array([fixed_prior_code(priors.fixed[t]) for t in design.fixed_terms], dtype=float).reshape(-1)
     beta_par = _fixed_map(ref, [ref.cov[j] for j in order], _cat(H_parts), _cat(A_parts), _cat(bref_parts), meta_blocks, p)
@@ -442,10 +450,12 @@ def pack(design: Design, priors: ModelPriors, family) -> Packed:
     ints = [np.ascontiguousarray(a, dtype=np.int64) for a in ints]
     init = np.zeros(n_dim)
     for block, off, S in zip(blocks, x_offsets, ref.cov):
-        init[off:off + block.n_terms] = 0.5 * np.log(np.diag(S))
+        scales = [_sd_prior_row(priors.group_sd[block.name][t])[3] for t in block.terms]
+        init[off:off + block.n_terms] = [sd_inverse(s, a) for s, a in zip(np.sqrt(np.diag(S)), scales)]
     if aux_offset is not None:
         init[aux_offset] = math.log(ref.dispersion)
-    return Packed(floats, ints, n_dim, x_offsets, z_offsets, b_offsets, aux_offset, init, ref)
+    sd_scales = [[_sd_prior_row(priors.group_sd[b.name][t])[3] for t in b.terms] for b in blocks]
+    return Packed(floats, ints, n_dim, x_offsets, z_offsets, b_offsets, aux_offset, init, ref, sd_scales)
 
 
 #: A block's SDs enter the fixed effects' map when its levels' share of that work (G k p^2 per evaluation)
@@ -519,6 +529,38 @@ def _coupling(C: np.ndarray, level_S: np.ndarray, cptr: list, ccol: list, cval: 
         cptr.append(cptr[-1] + cols.size)
 
 
+# SD priors whose upper tail is light (log density falling at least linearly in the SD) get SDs
+# ``scale * softplus(x)`` (see ``kernels._sd_transform``); the others ``exp(x)``.
+def _sd_prior_row(prior: Prior) -> tuple[float, float, float, float]:
+    """``(kind, a, b, scale)``: the kernel's prior code and the scale of the SD's transform (0: exp)."""
+    kind, a, b = prior_code(prior)
+    d = prior.distribution
+    scale = 0.0
+    if d == "HalfNormal":
+        scale = a
+    elif d == "Exponential":
+        scale = 1.0 / a
+    elif d == "Gamma" and b > 0:
+        scale = max(a, 1.0) / b
+    elif d == "Weibull" and a >= 1.0:
+        scale = b
+    return float(kind), float(a), float(b), float(scale)
+
+
+def sd_forward(x: np.ndarray, scale: float) -> np.ndarray:
+    """The SD from its unconstrained parameter (``exp`` or ``scale * softplus``), vectorised."""
+    x = np.asarray(x, dtype=float)
+    return np.exp(x) if scale == 0.0 else scale * np.logaddexp(0.0, x)
+
+
+def sd_inverse(sd: float, scale: float) -> float:
+    """The unconstrained parameter of an SD (inverse of :func:`sd_forward`)."""
+    if scale == 0.0:
+        return math.log(sd)
+    ratio = sd / scale
+    return ratio + math.log(-math.expm1(-ratio))
+
+
 def _cat(parts: list) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0)
 
@@ -535,11 +577,11 @@ def posterior_from_draws(packed: Packed, design: Design, family, xs: np.ndarray)
     data = {"beta": (("chain", "draw", "fixed_term"), beta.reshape(*shape, p))}
     if packed.aux_offset is not None:
         data["dispersion"] = (("chain", "draw"), np.exp(xs[..., packed.aux_offset]))
-    for block, off, start in zip(design.blocks, packed.x_offsets, packed.b_offsets):
+    for j, (block, off, start) in enumerate(zip(design.blocks, packed.x_offsets, packed.b_offsets)):
         names, k, G = var_names(block), block.n_terms, block.n_levels
         coords[names["level"]] = list(block.levels)
         coords[names["term"]] = list(block.terms)
-        data[names["sd"]] = (("chain", "draw", names["term"]), np.exp(xs[..., off:off + k]))
+        data[names["sd"]] = (("chain", "draw", names["term"]), packed.sds(xs, j, k))
         if k > 1:
             coords[names["term_"]] = list(block.terms)
             corr = corr_matrices(xs[..., off + k:off + k + k * (k - 1) // 2], k)
