@@ -719,7 +719,6 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
     EY = np.empty((kmax, kmax))
     y0 = np.empty(kmax)
     gd = np.empty(kmax)
-    dG = np.empty((kmax, p))
     for j in range(J):
         base = 8 + 9 * j
         k, G, xoff, hoff, coff = meta[base], meta[base + 1], meta[base + 2], meta[base + 5], meta[base + 6]
