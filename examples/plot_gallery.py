@@ -1,6 +1,7 @@
 """Plot gallery: every plot of :mod:`bayeslmm.plots`, written as PNG files.
 
-Fits lme4's sleepstudy model (and two simpler ones to compare), a categorical-predictor variant and,
+Fits lme4's sleepstudy model (and two simpler ones to compare), a categorical-predictor variant,
+binomial and count models (cbpp, grouseticks) for the discrete-data checks and,
 unless ``--quick`` is given, the InstEval model with 73,421 ratings and 2,972 students (about two
 minutes of sampling with few draws), then draws every plot and prints how long each took.
 
@@ -46,13 +47,16 @@ DOCS = {
     "prior_posterior",
     "group_fits_categorical",
     "insteval_caterpillar_s",
+    "group_fits_binomial",
+    "rootogram",
+    "ppc_groups",
 }
 
 
-def fit(formula: str, data, **settings) -> Lmer:
+def fit(formula: str, data, family: str = "gaussian", **settings) -> Lmer:
     """Fit quietly (diagnostic warnings of short runs are not the point here) and report the time."""
     started = time.perf_counter()
-    model = Lmer(formula, data)
+    model = Lmer(formula, data, family=family)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(**({"random_seed": 2026} | settings))
@@ -104,6 +108,21 @@ def sleepstudy_plots() -> None:
     )
 
 
+def discrete_plots() -> None:
+    """Binomial and count models: group fits on the response scale and the discrete-data checks."""
+    cbpp = load_dataset("cbpp")
+    binomial = fit("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial")
+    grouse = load_dataset("grouseticks")
+    poisson = fit("TICKS ~ YEAR + cHEIGHT + (1 | LOCATION)", grouse, family="poisson")
+    negbin = fit("TICKS ~ YEAR + cHEIGHT + (1 | LOCATION)", grouse, family="negbinomial")
+    print("cbpp (binomial) and grouseticks (poisson, negative binomial):")
+    save("group_fits_binomial", lambda: plots.plot_group_fits(binomial, "period", "herd"))
+    save("ppc_groups", lambda: plots.plot_ppc_groups(binomial))
+    save("rootogram", lambda: plots.plot_rootogram(negbin, max_count=40))
+    save("rootogram_poisson", lambda: plots.plot_rootogram(poisson, max_count=40))
+    save("ppc_groups_counts", lambda: plots.plot_ppc_groups(negbin, "LOCATION"))
+
+
 def insteval_plots() -> None:
     """Large data: thousands of groups are subsampled or drawn as a ranked band, with a note."""
     model = fit("y ~ service + (1|s) + (1|d) + (1|dept)", load_dataset("InstEval"), draws=200, tune=200, chains=2)
@@ -125,6 +144,7 @@ def main() -> None:
     OUTPUT.mkdir(parents=True, exist_ok=True)
     IMAGES.mkdir(parents=True, exist_ok=True)
     sleepstudy_plots()
+    discrete_plots()
     if not args.quick:
         insteval_plots()
     print(f"figures in {OUTPUT.relative_to(ROOT)}/ and {IMAGES.relative_to(ROOT)}/")

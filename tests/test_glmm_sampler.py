@@ -244,3 +244,20 @@ def test_agrees_with_bambi_under_identical_priors(cbpp):
         pairs.append((post["ranef_herd"].values[..., g, 0], theirs["1|herd"].isel({herd_dim: g}).values))
     z = np.array([_z_scores(a, b) for a, b in pairs])
     assert np.all(np.abs(z) <= 4), z
+
+
+@pytest.mark.slow
+def test_glmm_fit_loads_neither_pymc_nor_arviz_nor_matplotlib():
+    import json
+    import subprocess
+
+    code = (
+        "from bayeslmm import Lmer, load_dataset\n"
+        "m = Lmer('cbind(incidence, size - incidence) ~ period + (1 | herd)', load_dataset('cbpp'), family='binomial')\n"
+        "m.fit(draws=100, tune=100, chains=2, random_seed=1, progressbar=False)\n"
+        "str(m.coefs); str(m.summary())\n"
+        "import json, sys; print(json.dumps(sorted({k.split('.')[0] for k in sys.modules})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert not loaded & {"pymc", "pytensor", "arviz", "arviz_stats", "arviz_plots", "matplotlib", "bambi"}
