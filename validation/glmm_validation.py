@@ -129,6 +129,9 @@ def _shared_priors(model_terms, blocks, family: str) -> tuple[dict, dict]:
 
     ours = {t: Prior("Normal", mu=0, sigma=2.5) for t in model_terms}
     theirs = {"Intercept": bmb.Prior("Normal", mu=0, sigma=2.5)}
+    for term in model_terms:  # Bambi names a categorical term once for all its columns ("period")
+        if term != "(Intercept)":
+            theirs[term.split("[")[0]] = bmb.Prior("Normal", mu=0, sigma=2.5)
     for block in blocks:
         ours[f"1|{block.factor}"] = Prior("HalfNormal", sigma=1.0)
         theirs[f"1|{block.factor}"] = bmb.Prior("Normal", mu=0, sigma=bmb.Prior("HalfNormal", sigma=1.0))

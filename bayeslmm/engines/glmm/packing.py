@@ -261,6 +261,9 @@ def laplace_reference(design: Design, priors: ModelPriors, family) -> Reference:
     floors = [np.array([MIN_REFERENCE_SD / (float(np.std(b.Z[:, t])) or 1.0) for t in range(b.n_terms)]) for b in blocks]
     cov = [np.diag(np.maximum(0.5, f) ** 2) for f in floors]
     r = 10.0 if code == NEGBIN else 1.0
+    largest = int(np.argmax(q_sizes))
+    lo = p + int(sum(q_sizes[:largest]))
+    eliminate = (lo, lo + q_sizes[largest], blocks[largest].n_terms)
     gamma = None
     for step in range(EM_STEPS + 1):
         penalty = sp.block_diag(
@@ -268,7 +271,7 @@ def laplace_reference(design: Design, priors: ModelPriors, family) -> Reference:
             format="csr",
         )
         center = np.concatenate([prior_mean, np.zeros(sum(q_sizes))])
-        gamma = _pirls(family, code, U, penalty, center, y, trials, offset, r, gamma)
+        gamma = _pirls(family, code, U, penalty, center, y, trials, offset, r, gamma, eliminate)
         eta = offset + U @ gamma
         if code == NEGBIN:
             r = _nb_dispersion(y, np.exp(np.minimum(eta, 700.0)), r)
@@ -290,9 +293,9 @@ def laplace_reference(design: Design, priors: ModelPriors, family) -> Reference:
     # Laplace covariance of the fixed effects: top-left block of the inverse of the penalized information
     M = (U.T @ sp.diags(weights) @ U + penalty).tocsc()
     if p:
-        from scipy.sparse.linalg import splu
-
-        solved = splu(M).solve(np.eye(M.shape[0])[:, :p])
+        rhs = np.zeros((M.shape[0], p))
+        rhs[:p, :p] = np.eye(p)
+        solved = _Solver(M, *eliminate).solve(rhs)
         cov_beta = 0.5 * (solved[:p] + solved[:p].T)
     else:
         cov_beta = np.zeros((0, 0))
@@ -303,10 +306,75 @@ def laplace_reference(design: Design, priors: ModelPriors, family) -> Reference:
     return Reference(gamma[:p].copy(), ranef, cov, weights, score, cov_beta, float(r), M)
 
 
-def _pirls(family, code, U, penalty, center, y, trials, offset, r, gamma, max_iter: int = 50, tol: float = 1e-8):
-    """Mode of ``loglik(offset + U gamma) - (gamma - center)' penalty (gamma - center) / 2`` by Fisher scoring."""
-    from scipy.sparse.linalg import splu
+#: Largest dense Schur complement of the reference point's linear systems; above it, sparse LU.
+MAX_DENSE_REFERENCE = 4000
+#: Systems up to this size are factorized densely as a whole.
+MAX_DENSE_SMALL = 400
 
+
+class _Solver:
+    """Solves with a symmetric positive definite sparse ``M`` whose columns ``[lo, hi)`` are one block's
+    levels (``k`` each, block diagonal in ``M``): those are eliminated level by level and the rest is a
+    dense Cholesky of the Schur complement, as the collapsed sampler does. Sparse LU (symmetric mode)
+    when that complement would be larger than :data:`MAX_DENSE_REFERENCE`."""
+
+    def __init__(self, M, lo: int, hi: int, k: int):
+        N = M.shape[0]
+        self.lo, self.hi, self.N = lo, hi, N
+        self.dense = None
+        if N <= MAX_DENSE_SMALL:  # small systems: sparse bookkeeping would cost more than the algebra
+            from scipy.linalg import cho_factor
+
+            dense = M.toarray() if sp.issparse(M) else np.asarray(M)
+            self.dense = cho_factor(0.5 * (dense + dense.T), lower=True)
+            return
+        M = sp.csr_matrix(M)
+        self.rest = np.r_[0:lo, hi:N].astype(np.int64)
+        if self.rest.size > MAX_DENSE_REFERENCE or hi <= lo:
+            from scipy.sparse.linalg import splu
+
+            self.lu = splu(sp.csc_matrix(M), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
+                           options={"SymmetricMode": True})
+            return
+        from scipy.linalg import cho_factor
+
+        self.lu = None
+        E = np.arange(lo, hi)
+        G = (hi - lo) // k
+        Mee = M[E][:, E].tocsr()
+        blocks = np.empty((G, k, k))
+        for a in range(k):
+            for b in range(k):
+                blocks[:, a, b] = np.asarray(Mee[a::k][:, b::k].diagonal()).ravel()
+        inverse = np.linalg.inv(blocks)
+        rows = (np.arange(G)[:, None, None] * k + np.arange(k)[None, :, None]).repeat(k, axis=2)
+        cols = np.swapaxes(rows, 1, 2)
+        self.Dinv = sp.csr_matrix((inverse.ravel(), (rows.ravel(), cols.ravel())), shape=(G * k, G * k))
+        self.Mre = M[self.rest][:, E].tocsr()
+        T = self.Mre @ self.Dinv
+        S = M[self.rest][:, self.rest].toarray() - (T @ self.Mre.T).toarray()
+        self.cho = cho_factor(0.5 * (S + S.T), lower=True)
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        from scipy.linalg import cho_solve
+
+        if self.dense is not None:
+            return cho_solve(self.dense, np.asarray(b, dtype=float))
+        if self.lu is not None:
+            return self.lu.solve(b)
+
+        b = np.asarray(b, dtype=float)
+        b_e, b_r = b[self.lo:self.hi], b[self.rest]
+        y_e = self.Dinv @ b_e
+        x_r = cho_solve(self.cho, b_r - self.Mre @ y_e)
+        x = np.empty_like(b)
+        x[self.rest] = x_r
+        x[self.lo:self.hi] = self.Dinv @ (b_e - self.Mre.T @ x_r)
+        return x
+
+
+def _pirls(family, code, U, penalty, center, y, trials, offset, r, gamma, eliminate, max_iter: int = 50, tol: float = 1e-8):
+    """Mode of ``loglik(offset + U gamma) - (gamma - center)' penalty (gamma - center) / 2`` by Fisher scoring."""
     def objective(g):
         d = g - center
         return _loglik_total(family, code, y, trials, offset + U @ g, r) - 0.5 * float(d @ (penalty @ d))
@@ -316,13 +384,13 @@ def _pirls(family, code, U, penalty, center, y, trials, offset, r, gamma, max_it
         weights, score = _moments(family, code, y, trials, eta, r)
         working = eta - offset + score / weights
         M = (U.T @ sp.diags(weights) @ U + penalty).tocsc()
-        gamma = splu(M).solve(U.T @ (weights * working) + penalty @ center)
+        gamma = _Solver(M, *eliminate).solve(U.T @ (weights * working) + penalty @ center)
     current = objective(gamma)
     for _ in range(max_iter):
         eta = offset + U @ gamma
         weights, score = _moments(family, code, y, trials, eta, r)
         M = (U.T @ sp.diags(weights) @ U + penalty).tocsc()
-        direction = splu(M).solve(U.T @ score - penalty @ (gamma - center))
+        direction = _Solver(M, *eliminate).solve(U.T @ score - penalty @ (gamma - center))
         step = 1.0
         while True:
             trial = gamma + step * direction
@@ -350,36 +418,61 @@ def processing_order(design: Design) -> list[int]:
     return sorted(range(len(design.blocks)), key=lambda j: (design.blocks[j].n_effects, j))
 
 
-def _conditional_reference(Q, p: int, starts: list, sizes: list, order: list, pos: int):
+def _conditional_reference(Q, p: int, starts: list, sizes: list, order: list, pos: int, k: int, k_last: int):
     """Per-level precision and coupling of block ``order[pos]`` in the Laplace approximation, given the
     fixed effects and the blocks before it, marginal over the blocks after it.
 
-    Returns ``S`` (q_m, q_m) (only its per-level diagonal blocks are used) and ``C`` (q_m, p + q_earlier),
-    columns ``[beta, earlier blocks in processing order]``, both dense.
+    Returns ``level_S`` (G, k, k), the diagonal blocks of that precision; ``A`` (q_m, p), the coupling
+    to the fixed effects; and ``C`` (q_m, q_earlier), sparse, the coupling to the earlier blocks in
+    processing order. When the marginalization's dense intermediates would exceed
+    :data:`MAX_SCHUR_ENTRIES`, the block is conditioned on the later blocks at the reference instead
+    (still an exact map, only a looser fit).
     """
     j = order[pos]
     m = np.arange(starts[j], starts[j] + sizes[j])
     earlier = [np.arange(starts[e], starts[e] + sizes[e]) for e in order[:pos]]
     later = [np.arange(starts[e], starts[e] + sizes[e]) for e in order[pos + 1:]]
     given = np.concatenate([np.arange(p)] + earlier).astype(np.int64)
-    Qm = Q[m]
-    S = Qm[:, m].toarray()
-    C = Qm[:, given].toarray()
+    Qm = Q[m].tocsc()
+    G = m.size // k
+    level_S = np.empty((G, k, k))
+    Qmm = Qm[:, m].tocsr()
+    for a in range(k):
+        for b in range(k):
+            level_S[:, a, b] = np.asarray(Qmm[a::k][:, b::k].diagonal()).ravel()
+    C = Qm[:, given].tocsr()
     if later:
         later = np.concatenate(later)
         if later.size * (m.size + given.size) <= MAX_SCHUR_ENTRIES:
-            from scipy.sparse.linalg import splu
-
             rhs = Q[later][:, np.concatenate([m, given])].toarray()
-            solved = splu(Q[later][:, later].tocsc()).solve(rhs)
-            cross = Qm[:, later]
-            S -= cross @ solved[:, :m.size]
-            C -= cross @ solved[:, m.size:]
-    return S, C
+            last = sizes[order[-1]]  # the largest block, last in processing order: eliminated level by level
+            solved = _Solver(Q[later][:, later], later.size - last, later.size, k_last).solve(rhs)
+            cross = Qm[:, later].tocsr()
+            solved_m = solved[:, :m.size]
+            for a in range(k):  # only the per-level diagonal blocks of cross @ solved_m
+                rows = cross[a::k]
+                for b in range(k):
+                    level_S[:, a, b] -= np.asarray(rows.multiply(solved_m[:, b::k].T).sum(axis=1)).ravel()
+            C = sp.csr_matrix(C.toarray() - cross @ solved[:, m.size:])
+    A = np.asarray(C[:, :p].toarray())
+    return level_S, A, C[:, p:].tocsr()
 
 
 def pack(design: Design, priors: ModelPriors, family) -> Packed:
-    """The kernel's arrays (everything that touches the ``n`` rows is laid out once)."""
+    """The kernel's arrays (everything that touches the ``n`` rows is laid out once).
+
+    BLAS runs on one thread meanwhile: the dense factorizations here are small, and a multi-threaded
+    OpenBLAS on a busy machine was measured 50-100x slower on them.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a dependency
+        return _pack(design, priors, family)
+    with threadpool_limits(1):
+        return _pack(design, priors, family)
+
+
+def _pack(design: Design, priors: ModelPriors, family) -> Packed:
     code = family_code(family)
     ref = laplace_reference(design, priors, family)
     y = np.asarray(design.y, float)
@@ -411,17 +504,17 @@ def pack(design: Design, priors: ModelPriors, family) -> Packed:
     for pos, j in enumerate(order):
         block = blocks[j]
         k, G = block.n_terms, block.n_levels
-        S, C = _conditional_reference(ref.precision, p, starts, sizes, order, pos)
-        level_S = np.stack([S[g * k:(g + 1) * k, g * k:(g + 1) * k] for g in range(G)])
+        level_S, A_block, C = _conditional_reference(ref.precision, p, starts, sizes, order, pos, k,
+                                                     blocks[order[-1]].n_terms)
         Hg = level_S - np.linalg.inv(ref.cov[j])[None]
         Hg = 0.5 * (Hg + np.swapaxes(Hg, 1, 2))
         bhat = ref.ranef[j]
         c = np.einsum("gij,gj->gi", level_S, bhat)
         H_parts.append(Hg.reshape(-1))
         c_parts.append(c.reshape(-1))
-        A_parts.append(np.ascontiguousarray(C[:, :p]).reshape(-1))
+        A_parts.append(np.ascontiguousarray(A_block).reshape(-1))
         bref_parts.append(bhat.reshape(-1))
-        _coupling(C[:, p:], level_S, cptr, ccol, cval, n)
+        _coupling(C, level_S, cptr, ccol, cval, n)
         z_offsets[j] = zoff
         b_offsets[j] = coff
         in_map = int(G * k * p <= max(n, MIN_MAP_WORK))
@@ -507,26 +600,26 @@ def _fixed_map(ref: Reference, order_cov: list, H, A, bref, meta_blocks: list, p
     return np.concatenate([S0.reshape(-1), delta0, [lam]])
 
 
-def _coupling(C: np.ndarray, level_S: np.ndarray, cptr: list, ccol: list, cval: list, n: int) -> None:
-    """Append the coupling rows of one block to the CSR lists, dropping negligible entries.
+def _coupling(C, level_S: np.ndarray, cptr: list, ccol: list, cval: list, n: int) -> None:
+    """Append the coupling rows of one block (sparse ``C``) to the CSR lists, dropping negligible entries.
 
     An entry is kept when it moves the row's conditional mean by at least 1e-4 per unit of the earlier
     effect (``|C| / S_tt``), and at most ``MAX_COUPLING_PER_ROW n`` entries per block, the largest.
     Dropping entries changes only how well the parametrization fits, never the posterior.
     """
-    if C.shape[1] == 0:
-        cptr += [cptr[-1]] * C.shape[0]
-        return
-    size = np.abs(C) / np.einsum("gii->gi", level_S).reshape(-1, 1)
+    C = sp.csr_matrix(C)
+    C.sort_indices()
+    diag = np.einsum("gii->gi", level_S).reshape(-1)
+    rows = np.repeat(np.arange(C.shape[0]), np.diff(C.indptr))
+    size = np.abs(C.data) / diag[rows]
     keep = size >= 1e-4
     budget = MAX_COUPLING_PER_ROW * n
     if keep.sum() > budget:
         keep &= size >= np.partition(size[keep], -budget)[-budget]
-    for row in range(C.shape[0]):
-        cols = np.flatnonzero(keep[row])
-        ccol.extend(cols.tolist())
-        cval.extend(C[row, cols].tolist())
-        cptr.append(cptr[-1] + cols.size)
+    counts = np.bincount(rows[keep], minlength=C.shape[0])
+    ccol.extend(C.indices[keep].tolist())
+    cval.extend(C.data[keep].tolist())
+    cptr.extend((cptr[-1] + np.cumsum(counts)).tolist())
 
 
 # SD priors whose upper tail is light (log density falling at least linearly in the SD) get SDs
