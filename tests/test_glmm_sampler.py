@@ -73,22 +73,31 @@ def test_gradient_matches_finite_differences(formula, data_name, family, link, r
     np.testing.assert_allclose(grad[coords], numeric, rtol=1e-5, atol=1e-5 * (1 + np.abs(numeric).max()))
 
 
-def test_density_is_the_joint_posterior_in_new_coordinates(cbpp):
+@pytest.mark.parametrize("formula", [
+    "cbind(incidence, size - incidence) ~ t + (1 | herd)",
+    "cbind(incidence, size - incidence) ~ period + (1 | herd) + (1 | obs)",  # two blocks: the triangular map
+])
+def test_density_is_the_joint_posterior_in_new_coordinates(cbpp, formula):
     """Exactness: the kernel's log density at x is the model's joint log posterior at T(x) plus
-    log |det dT/dx|, where T maps x to (beta_c, z = b / sd, log sd) and the joint posterior in those
-    coordinates is written independently (NumPy and SciPy); compared through differences between
+    log |det dT/dx|, where T maps x to (beta_c, z_j = b_j / sd_j, log sd_j) and the joint posterior in
+    those coordinates is written independently (NumPy and SciPy); compared through differences between
     points, which cancel the constants either side leaves out."""
     from glmm_reference import IndependentGLMM
 
-    model = Lmer("cbind(incidence, size - incidence) ~ t + (1 | herd)", cbpp, family="binomial")
+    model = Lmer(formula, cbpp, family="binomial")
     packed = pack(model.design, model.model_priors, model.family)
     reference = IndependentGLMM(model.design, model.model_priors, "binomial")
-    p = 2
+    p = model.design.X.shape[1]
 
     def T(x):
         effects = packed.effects(x[None])[0]
-        sd = float(packed.sds(x[None], 0, 1)[0, 0])
-        return np.concatenate([effects[:p], effects[p:] / sd, [np.log(sd)]])
+        parts, log_sds = [effects[:p]], []
+        for j, block in enumerate(model.design.blocks):
+            sd = float(packed.sds(x[None], j, 1)[0, 0])
+            start = p + packed.b_offsets[j]
+            parts.append(effects[start:start + block.n_levels] / sd)
+            log_sds.append(np.log(sd))
+        return np.concatenate(parts + [log_sds])
 
     def log_density_via_reference(x, h=1e-6):
         J = np.stack([(T(x + h * e) - T(x - h * e)) / (2 * h) for e in np.eye(packed.n_dim)], axis=1)

@@ -7,9 +7,9 @@ Run ``.venv/bin/python validation/glmm_validation.py [bambi] [pymc] [singular] [
 Sections
 --------
 bambi
-    One uncorrelated model per family (binomial, Poisson with three crossed factors one of which has one
-    level per row, negative binomial), Bambi 0.21 with identical priors (fixed effects on the centred
-    scale, as Bambi and bayeslmm both centre predictors). Long runs of both.
+    One uncorrelated model per family (binomial, Poisson with nested factors, negative binomial), Bambi
+    0.21 with identical priors (fixed effects on the centred scale, as Bambi and bayeslmm both centre
+    predictors). Long runs of both.
 pymc
     bayeslmm's own PyMC model (non-centred, LKJ) at ``target_accept=0.95``: a correlated block, the
     probit and cloglog links, an observation-level effect, VerbAgg's crossed factors.
@@ -114,9 +114,10 @@ BAMBI_CASES = [
     # (label, data, family, bayeslmm formula, Bambi formula, Bambi family)
     ("binomial: cbpp", "cbpp", "binomial", "cbind(incidence, size - incidence) ~ period + (1 | herd)",
      "p(incidence, size) ~ period + (1 | herd)", "binomial"),
-    ("poisson: grouseticks, 3 crossed factors (INDEX: one level per row)", "grouseticks", "poisson",
-     "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | INDEX) + (1 | LOCATION)",
-     "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | INDEX) + (1 | LOCATION)", "poisson"),
+    # with (1 | INDEX) too (one level per row) Bambi's draws were all divergent at target_accept=0.95
+    ("poisson: grouseticks, broods within locations", "grouseticks", "poisson",
+     "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)",
+     "TICKS ~ YEAR + cHEIGHT + (1 | BROOD) + (1 | LOCATION)", "poisson"),
     ("negbinomial: grouseticks", "grouseticks", "negbinomial", "TICKS ~ YEAR + cHEIGHT + (1 | LOCATION)",
      "TICKS ~ YEAR + cHEIGHT + (1 | LOCATION)", "negativebinomial"),
 ]
