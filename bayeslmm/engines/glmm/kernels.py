@@ -6,12 +6,16 @@ auxiliary parameter) in the Laplace-informed parametrization described in
 
 Parameter vector ``x``::
 
-    x[0:p]                 w: whitened centred fixed effects, beta_c = beta_hat + L_beta w
+    x[0:p]                 w: the centred fixed effects, beta_c = beta_hat + S^{-1} lam delta + Lb^{-T} w
+                           (S = Lb Lb' their Laplace marginal precision given the variance parameters)
     x[xoff_j : ...]        per block: k_j SD parameters (log sd, or sd = scale softplus(x) for
                            light-tailed priors: :func:`_sd_transform`), then k_j (k_j - 1) / 2
                            unconstrained correlation parameters (Stan's canonical partial correlations)
     x[aux_off]             log dispersion (negative binomial only)
     x[zoff_j : ...]        per block: z (G_j k_j), level-major
+
+Blocks are stored in processing order (fewest effects first): each block's levels are conditioned on
+the fixed effects and the blocks before it (coupling ``cval``/``cptr``/``ccol``).
 
 ``meta`` (int64)::
 
@@ -20,14 +24,16 @@ Parameter vector ``x``::
                                coff_j (offset in c, u and b; A at coff_j * p), kcol_j (first column in Zv),
                                1 if the block's SDs enter the fixed effects' map, else 0
 
-Group block ``(j, g)`` maps ``z`` to the group effects (with ``F = diag(sd) L`` the Cholesky factor of
-the block's covariance, ``H`` and ``c`` the level's data information and pseudo-data at the Laplace
-reference, ``A`` its coupling to the fixed effects)::
+Level ``g`` of block ``j`` maps ``z`` to the group effects (with ``F = diag(sd) L`` the Cholesky factor
+of the block's covariance, ``H`` and ``c`` the level's data information and pseudo-data at the Laplace
+reference, ``A`` and ``C`` its coupling to the fixed effects and to earlier blocks)::
 
-    P = I + F' H F = R R',   v = F' (c - A (beta_c - beta_hat)),   u = P^{-1} v + R^{-T} z,   b = F u
+    P = I + F' H F = R R',   v = F' (c - A (beta_c - beta_hat) - C (b_earlier - b_hat)),
+    u = P^{-1} v + R^{-T} z,   b = F u
 
 and contributes ``-u'u / 2 - sum log R_ii`` (prior of ``b`` plus the log-Jacobian ``log |F| - log |R|``;
-the ``log |F|`` cancels against the prior's normalising constant).
+the ``log |F|`` cancels against the prior's normalising constant); the fixed effects contribute their
+prior and ``-sum log diag Lb``.
 """
 
 from __future__ import annotations
