@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import pandas as pd
 import xarray as xr
 
+from bayeslmm.analysis import pooling
 from bayeslmm.engines import collapsed, glmm
 from bayeslmm.engines.posterior_names import var_names
 from bayeslmm.engines.sampling import SamplerSettings
 from bayeslmm.errors import FormulaError
 from bayeslmm.models.base import Model
 from bayeslmm.results import summaries
+from bayeslmm.results.frequentist import FrequentistResult, fit_frequentist
 from bayeslmm.results.report import SummaryParts, display_table
 from bayeslmm.spec.design import build_design
 from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.formula import parse_formula
 from bayeslmm.spec.priors import default_priors
-
-if TYPE_CHECKING:
-    from bayeslmm.results.frequentist import FrequentistResult
 
 __all__ = ["Lmer"]
 
@@ -212,9 +211,6 @@ class Lmer(Model):
             With ``coefs`` (Estimate, SE, 2.5_ci, 97.5_ci, DF, T-stat, P-val; Satterthwaite DF),
             ``ranef_var``, ``ranef_corr``, ``ranef`` (BLUPs), ``fixef``, ``logLike``, ``AIC``, ``BIC``.
         """
-        # the REML engine (scipy.optimize) loads only when a frequentist fit is asked for
-        from bayeslmm.results.frequentist import fit_frequentist
-
         result = self.resource(
             f"frequentist REML={bool(REML)}", lambda: fit_frequentist(self.design, REML=bool(REML), family=self.family)
         )
@@ -231,14 +227,10 @@ class Lmer(Model):
 
         One tidy row per (level, term); see :func:`bayeslmm.analysis.pooling.compare_group_estimates`.
         """
-        from bayeslmm.analysis import pooling
-
         return pooling.compare_group_estimates(self, factor=factor, prob=prob, REML=REML)
 
     def compare_fixed_effects(self, prob: float = 0.95, REML: bool = True) -> pd.DataFrame:
         """Fixed effects of the (RE)ML fit next to their posterior summaries; see :mod:`bayeslmm.analysis.pooling`."""
-        from bayeslmm.analysis import pooling
-
         return pooling.compare_fixed_effects(self, prob=prob, REML=REML)
 
     def compare_variance_components(
@@ -249,8 +241,6 @@ class Lmer(Model):
         ``n_boot > 0`` adds a parametric-bootstrap interval for the (RE)ML estimates; see
         :func:`bayeslmm.analysis.pooling.compare_variance_components`.
         """
-        from bayeslmm.analysis import pooling
-
         return pooling.compare_variance_components(self, prob=prob, REML=REML, n_boot=n_boot, random_seed=random_seed)
 
     # ----------------------------------------------------------------------------------- results
