@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["central_gradient", "richardson", "derivative_steps", "hessian", "gradient_and_hessian", "jacobian"]
+__all__ = ["central_gradient", "richardson", "derivative_steps", "hessian", "gradient_and_hessian", "jacobian", "scaled_gradient"]
 
 
 def central_gradient(f: Callable[[np.ndarray], float], x: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -102,3 +102,19 @@ def jacobian(f: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray
         return np.stack(columns, axis=-1)
 
     return richardson(estimate)
+
+
+def scaled_gradient(gradient: np.ndarray, hess: np.ndarray) -> float:
+    """lme4's convergence criterion: the largest element of ``R^-T g`` with ``R'R`` the Hessian.
+
+    ``|R^-T g|^2 / 2`` is the decrease a Newton step would still promise. Falls back to ``max |g|`` where
+    the Hessian is not positive definite; 0 when there are no parameters.
+    """
+    if len(gradient) == 0:
+        return 0.0
+    from scipy import linalg
+
+    try:
+        return float(np.max(np.abs(linalg.solve_triangular(np.linalg.cholesky(hess), gradient, lower=True))))
+    except np.linalg.LinAlgError:
+        return float(np.max(np.abs(gradient)))

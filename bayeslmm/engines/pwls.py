@@ -31,12 +31,16 @@ import numpy as np
 import scipy.sparse as sp
 from scipy import linalg
 
+from bayeslmm.errors import DataError
+from bayeslmm.spec.design import Design
 from bayeslmm.spec.random_effects import RandomEffects
 
-__all__ = ["Crossproducts", "Factor", "Solution", "PenalizedLeastSquares"]
+__all__ = ["Crossproducts", "Factor", "Solution", "PenalizedLeastSquares", "check_full_rank"]
 
 # W (the off-diagonal part of L) is multiplied as a dense matrix above this fill ratio.
 _DENSE_FILL = 0.15
+# W'W is summed over the pairs of entries within rows when there are at most this many pairs.
+_MAX_PAIRS = 2_000_000
 
 
 @dataclass
@@ -53,8 +57,8 @@ class Crossproducts:
     Xty : ndarray, shape (p,)
     yty : float
         ``z' W z``.
-    C12 : scipy.sparse.csr_array or None, shape (q1, q2)
-        ``Z1' W Z2`` (the other blocks); None when there is one block.
+    C12 : scipy.sparse.csr_array or ndarray or None, shape (q1, q2)
+        ``Z1' W Z2`` (the other blocks), dense when most of it is filled; None when there is one block.
     M22 : ndarray or None, shape (q2, q2)
         ``Z2' W Z2``.
     ZtXY2 : ndarray or None, shape (q2, p + 1)
@@ -66,7 +70,7 @@ class Crossproducts:
     XtX: np.ndarray
     Xty: np.ndarray
     yty: float
-    C12: sp.csr_array | None = None
+    C12: sp.csr_array | np.ndarray | None = None
     M22: np.ndarray | None = None
     ZtXY2: np.ndarray | None = None
 
@@ -82,7 +86,7 @@ class Factor:
     T1: np.ndarray  # (k1, k1)
     L1inv: np.ndarray  # (G1, k1, k1)
     P: np.ndarray  # (G1, k1, k1): L1inv @ T1', maps Z1'(.) to L1^-1 Lambda1'Z1'(.)
-    lam2: sp.csr_array | None  # (q2, q2)
+    lam2: sp.csr_array | np.ndarray | None  # (q2, q2), or its diagonal (q2,) when it is diagonal
     W: np.ndarray | sp.csr_array | None  # (q1, q2)
     LS: np.ndarray | None  # (q2, q2), lower
     log_det: float  # log |L|^2
@@ -127,6 +131,7 @@ class PenalizedLeastSquares:
         if self.others:
             self._build_lambda2_pattern()
             self.offsets2 = np.concatenate([[0], np.cumsum([sizes[i] for i in self.others])])
+            self._build_crossproduct_patterns()
 
     @property
     def q(self) -> int:
@@ -145,11 +150,79 @@ class PenalizedLeastSquares:
         XtWXY = X.T @ WXY
         cp = Crossproducts(M1, ZtXY1, XtWXY[:, :p], XtWXY[:, p], float(z @ WXY[:, p]))
         if self.others:
-            W2 = self.Z2 if weights is None else sp.csr_array(self.Z2.multiply(weights[:, None]))
-            cp.C12 = sp.csr_array(self.Z1.T @ W2)
-            cp.M22 = (self.Z2.T @ W2).toarray()
+            c12 = self._pair_sums(self._c12, weights)
+            if self._c12_dense:
+                cp.C12 = c12.reshape(self.q1, self.q2)
+            else:
+                cp.C12 = sp.csr_array((c12, self._c12_indices, self._c12_indptr), shape=(self.q1, self.q2))
+            cp.M22 = self._pair_sums(self._m22, weights).reshape(self.q2, self.q2)
             cp.ZtXY2 = np.asarray(self.Z2.T @ WXY)
         return cp
+
+    # -- cross-products of Z as sums over rows ------------------------------------------------------
+
+    def _row_entries(self, block_indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Column of ``Z`` (in the order of ``block_indices``) and value of each row's entries, (n, K) each."""
+        columns, values, offset = [], [], 0
+        for j in block_indices:
+            block = self.blocks[j]
+            for c in range(block.n_terms):
+                columns.append(offset + block.group_index * block.n_terms + c)
+                values.append(block.Z[:, c])
+            offset += block.n_effects
+        return np.column_stack(columns), np.column_stack(values)
+
+    def _build_crossproduct_patterns(self) -> None:
+        """Where each row's products land in ``Z1'WZ2`` and ``Z2'WZ2``, so that a weighting is a bincount.
+
+        ``Z1'WZ2`` is dense when more than ``_DENSE_FILL`` of it is filled, else CSR with a fixed pattern.
+        """
+        columns1, values1 = self._row_entries([self.big])
+        columns2, values2 = self._row_entries(self.others)
+        rows = np.arange(columns1.shape[0])
+        keys, products, sources = [], [], []
+        for a in range(columns1.shape[1]):
+            for e in range(columns2.shape[1]):
+                keys.append(columns1[:, a] * self.q2 + columns2[:, e])
+                products.append(values1[:, a] * values2[:, e])
+                sources.append(rows)
+        keys, products, sources = map(np.concatenate, (keys, products, sources))
+        unique, position = np.unique(keys, return_inverse=True)
+        self._c12_dense = len(unique) > _DENSE_FILL * self.q1 * self.q2
+        if self._c12_dense:
+            self._c12 = (keys, products, sources, self.q1 * self.q2)
+        else:
+            self._c12 = (position, products, sources, len(unique))
+            self._c12_indices = (unique % self.q2).astype(np.int32)
+            self._c12_indptr = np.searchsorted(unique // self.q2, np.arange(self.q1 + 1)).astype(np.int32)
+            self._c12_rows = np.repeat(np.arange(self.q1), np.diff(self._c12_indptr))
+            self._wtw_pairs = self._pairs_within_rows()
+        keys, products, sources = [], [], []
+        for e in range(columns2.shape[1]):
+            for f in range(columns2.shape[1]):
+                keys.append(columns2[:, e] * self.q2 + columns2[:, f])
+                products.append(values2[:, e] * values2[:, f])
+                sources.append(rows)
+        self._m22 = (np.concatenate(keys), np.concatenate(products), np.concatenate(sources), self.q2 * self.q2)
+
+    def _pairs_within_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Every pair of stored entries of ``Z1'WZ2`` in one row, and its position in a (q2, q2) matrix.
+
+        ``W'W`` is then one bincount. None when there are more than ``_MAX_PAIRS`` pairs.
+        """
+        counts = np.diff(self._c12_indptr)
+        if int(np.sum(counts.astype(np.int64) ** 2)) > _MAX_PAIRS:
+            return None
+        first = np.concatenate([np.repeat(np.arange(a, b), b - a) for a, b in zip(self._c12_indptr[:-1], self._c12_indptr[1:])])
+        second = np.concatenate([np.tile(np.arange(a, b), b - a) for a, b in zip(self._c12_indptr[:-1], self._c12_indptr[1:])])
+        return first, second, self._c12_indices[first].astype(np.int64) * self.q2 + self._c12_indices[second]
+
+    @staticmethod
+    def _pair_sums(pattern: tuple, weights: np.ndarray | None) -> np.ndarray:
+        """``sum over rows of w_i z_ia z_ib`` at every position of a pattern."""
+        positions, products, sources, size = pattern
+        values = products if weights is None else products * weights[sources]
+        return np.bincount(positions, weights=values, minlength=size)
 
     # -- Lambda for the non-largest blocks ---------------------------------------------------------
 
@@ -177,7 +250,10 @@ class PenalizedLeastSquares:
         # Diagonal when every stored entry is on the diagonal; the CSR data are then in row order.
         self._lam2_is_diagonal = bool(np.all(rows == cols))
 
-    def _lambda2(self, theta: np.ndarray) -> sp.csr_array:
+    def _lambda2(self, theta: np.ndarray) -> sp.csr_array | np.ndarray:
+        """``Lambda_2``: its diagonal (q2,) when only single-term blocks are besides the largest, else CSR."""
+        if self._lam2_is_diagonal:
+            return theta[self._lam2_theta]
         return sp.csr_array(
             (theta[self._lam2_theta], self._lam2_indices, self._lam2_indptr), shape=(self.q2, self.q2)
         )
@@ -193,29 +269,46 @@ class PenalizedLeastSquares:
             The matrix is not numerically positive definite.
         """
         T1 = self.random.relative_factor(theta, self.big)
-        A11 = T1.T @ cp.M1 @ T1 + np.eye(self.k1)
-        L1 = np.linalg.cholesky(A11)
-        L1inv = np.linalg.inv(L1)
+        if self.k1 == 1:  # a scalar largest block: its Cholesky factors are square roots
+            L1 = np.sqrt(T1[0, 0] ** 2 * cp.M1 + 1.0)
+            L1inv = 1.0 / L1
+        else:
+            L1 = np.linalg.cholesky(T1.T @ cp.M1 @ T1 + np.eye(self.k1))
+            L1inv = np.linalg.inv(L1)
         log_det = 2.0 * float(np.sum(np.log(np.diagonal(L1, axis1=1, axis2=2))))
         P = L1inv @ T1.T
         if not self.others:
             return Factor(T1, L1inv, P, None, None, None, log_det)
         lam2 = self._lambda2(theta)
+        scale = lam2 if self._lam2_is_diagonal else None
         if self._lam2_is_diagonal:
             # Only single-term blocks besides the largest: Lambda_2 is diagonal, so scale instead of
             # two sparse-times-dense products (the difference matters when q2 is in the thousands).
-            scale = theta[self._lam2_theta]
             A22 = cp.M22 * np.outer(scale, scale)
         else:
             A22 = lam2.T @ np.asarray(lam2.T @ cp.M22).T
         A22[np.diag_indices_from(A22)] += 1.0
-        block_P = sp.bsr_array((P, np.arange(self.G1), np.arange(self.G1 + 1)), shape=(self.q1, self.q1))
-        W = sp.csr_array(block_P @ (cp.C12 @ lam2))
-        if W.nnz > _DENSE_FILL * self.q1 * self.q2:
-            W = W.toarray()
+        if isinstance(cp.C12, np.ndarray):
+            W = (P @ cp.C12.reshape(self.G1, self.k1, self.q2)).reshape(self.q1, self.q2)
+            W = W * scale[None, :] if self._lam2_is_diagonal else np.asarray(lam2.T @ W.T).T
             S = A22 - W.T @ W
+        elif self.k1 == 1 and self._lam2_is_diagonal and self._wtw_pairs is not None:
+            # W = diag(P) C12 diag(scale): scale its entries, and sum W'W over the pairs within rows
+            values = cp.C12.data * P[self._c12_rows, 0, 0] * scale[self._c12_indices]
+            W = sp.csr_array((values, self._c12_indices, self._c12_indptr), shape=(self.q1, self.q2))
+            first, second, keys = self._wtw_pairs
+            S = A22 - np.bincount(keys, weights=values[first] * values[second], minlength=self.q2**2).reshape(
+                self.q2, self.q2
+            )
         else:
-            S = A22 - (W.T @ W).toarray()
+            block_P = sp.bsr_array((P, np.arange(self.G1), np.arange(self.G1 + 1)), shape=(self.q1, self.q1))
+            scaled = sp.csr_array(cp.C12.multiply(lam2[None, :])) if self._lam2_is_diagonal else cp.C12 @ lam2
+            W = sp.csr_array(block_P @ scaled)
+            if W.nnz > _DENSE_FILL * self.q1 * self.q2:
+                W = W.toarray()
+                S = A22 - W.T @ W
+            else:
+                S = A22 - (W.T @ W).toarray()
         LS = linalg.cholesky(S, lower=True, check_finite=False)
         log_det += 2.0 * float(np.sum(np.log(np.diag(LS))))
         return Factor(T1, L1inv, P, lam2, W, LS, log_det)
@@ -225,7 +318,7 @@ class PenalizedLeastSquares:
         x1 = (factor.P @ cp.ZtXY1).reshape(self.q1, -1)
         if not self.others:
             return x1
-        rhs = np.asarray(factor.lam2.T @ cp.ZtXY2) - np.asarray(factor.W.T @ x1)
+        rhs = _times(factor.lam2, cp.ZtXY2, transpose=True) - np.asarray(factor.W.T @ x1)
         return np.vstack([x1, linalg.solve_triangular(factor.LS, rhs, lower=True, check_finite=False)])
 
     def backward(self, factor: Factor, r: np.ndarray) -> np.ndarray:
@@ -271,8 +364,30 @@ class PenalizedLeastSquares:
         T1 = self.random.relative_factor(theta, self.big)
         out[self.big] = u[: self.q1].reshape(self.G1, self.k1) @ T1.T
         if self.others:
-            b2 = np.asarray(self._lambda2(theta) @ u[self.q1 :])
+            b2 = _times(self._lambda2(theta), u[self.q1 :])
             for position, block_index in enumerate(self.others):
                 chunk = b2[self.offsets2[position] : self.offsets2[position + 1]]
                 out[block_index] = chunk.reshape(self.blocks[block_index].n_levels, -1)
         return out
+
+
+def _times(lam2: sp.csr_array | np.ndarray, x: np.ndarray, transpose: bool = False) -> np.ndarray:
+    """``Lambda_2 x`` (or ``Lambda_2' x``) for ``Lambda_2`` as a diagonal (q2,) or a sparse matrix; x (q2,) or (q2, r)."""
+    if isinstance(lam2, np.ndarray):
+        return lam2 * x if x.ndim == 1 else lam2[:, None] * x
+    return np.asarray((lam2.T if transpose else lam2) @ x)
+
+
+def check_full_rank(design: Design) -> None:
+    """Raise DataError naming the fixed-effect columns that are linear combinations of others."""
+    _, r, pivot = linalg.qr(design.X, mode="economic", pivoting=True)
+    diagonal = np.abs(np.diag(r))
+    tolerance = diagonal[0] * max(design.X.shape) * np.finfo(float).eps * 10 if diagonal.size else 0.0
+    rank = int(np.sum(diagonal > tolerance))
+    if rank < design.X.shape[1]:
+        dropped = [design.fixed_terms[i] for i in sorted(pivot[rank:])]
+        raise DataError(
+            f"the fixed-effects matrix is rank deficient (rank {rank} of {design.X.shape[1]}): "
+            f"{', '.join(map(repr, dropped))} are linear combinations of the other columns; "
+            "remove them from the formula (lme4 would drop them silently)"
+        )

@@ -49,8 +49,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import linalg, optimize
 
-from bayeslmm.engines.numerical import central_gradient, hessian, jacobian
-from bayeslmm.engines.pwls import Factor, PenalizedLeastSquares, Solution
+from bayeslmm.engines.numerical import central_gradient, hessian, jacobian, scaled_gradient
+from bayeslmm.engines.pwls import Factor, PenalizedLeastSquares, Solution, check_full_rank
 from bayeslmm.errors import ConvergenceWarning, DataError
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.random_effects import RandomEffects
@@ -192,7 +192,7 @@ def _validate(design: Design, REML: bool) -> None:
         raise DataError("the fixed part has no columns; write '1 + ...' to keep at least an intercept")
     if n <= p:
         raise DataError(f"{n} observations cannot estimate {p} fixed effects plus variances")
-    _check_full_rank(design)
+    check_full_rank(design)
     q = sum(block.n_levels * block.n_terms for block in design.blocks)
     if n <= q:
         # lme4 stops when n <= rank(Z) (check.nobs.vs.nRE); q bounds rank(Z), so this is the same
@@ -210,21 +210,6 @@ def _validate(design: Design, REML: bool) -> None:
         )
     if REML and n - p < 1:
         raise DataError("REML needs more observations than fixed effects")
-
-
-def _check_full_rank(design: Design) -> None:
-    """Raise DataError naming the fixed-effect columns that are linear combinations of others."""
-    _, r, pivot = linalg.qr(design.X, mode="economic", pivoting=True)
-    diagonal = np.abs(np.diag(r))
-    tolerance = diagonal[0] * max(design.X.shape) * np.finfo(float).eps * 10 if diagonal.size else 0.0
-    rank = int(np.sum(diagonal > tolerance))
-    if rank < design.X.shape[1]:
-        dropped = [design.fixed_terms[i] for i in sorted(pivot[rank:])]
-        raise DataError(
-            f"the fixed-effects matrix is rank deficient (rank {rank} of {design.X.shape[1]}): "
-            f"{', '.join(map(repr, dropped))} are linear combinations of the other columns; "
-            "remove them from the formula (lme4 would drop them silently)"
-        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -362,10 +347,7 @@ def _scaled_gradient(f, theta: np.ndarray, diagonal: np.ndarray) -> float:
         return f(full)
 
     hess = hessian(restricted, theta[free], levels=1)
-    try:
-        return float(np.max(np.abs(linalg.solve_triangular(np.linalg.cholesky(hess), g, lower=True))))
-    except np.linalg.LinAlgError:
-        return float(np.max(np.abs(g)))
+    return scaled_gradient(g, hess)
 
 
 def _snap_to_bounds(theta: np.ndarray, diagonal: np.ndarray) -> np.ndarray:

@@ -394,7 +394,7 @@ def _drop_incomplete(
     """
     complete = frame[columns].notna().all(axis=1).to_numpy()
     for values in (extra or {}).values():
-        complete &= ~np.isnan(values)
+        complete = complete & ~np.isnan(values)
     columns = columns + list(extra or {})
     n_dropped = int((~complete).sum())
     if n_dropped == len(frame):

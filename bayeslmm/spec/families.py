@@ -347,8 +347,10 @@ class Binomial(Family):
         from scipy.special import gammaln, xlog1py, xlogy
 
         n = np.ones_like(y) if trials is None else trials
-        log_choose = gammaln(n + 1) - gammaln(y + 1) - gammaln(n - y + 1)
-        return log_choose + xlogy(y, mu) + xlog1py(n - y, -mu)
+        kernel = xlogy(y, mu) + xlog1py(n - y, -mu)
+        if np.all(n == 1):  # 0/1 data: every binomial coefficient is 1 (saves most of the time)
+            return kernel
+        return gammaln(n + 1) - gammaln(y + 1) - gammaln(n - y + 1) + kernel
 
     def random(self, mu, aux, rng, trials=None):
         n = np.ones(np.shape(mu)[-1]) if trials is None else trials
