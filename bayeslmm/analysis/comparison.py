@@ -14,7 +14,7 @@ Public functions (each takes fitted :class:`~bayeslmm.Lmer` models):
                          model exactly without each observation whose Pareto k exceeds 0.7
 ``kfold(m, k=10)``       K-fold cross-validation (ArviZ ``ELPDDataLOOKFold``)
 ``waic(m)``              WAIC (:class:`ELPDDataWAIC`)
-``r2(m)``                Bayesian R-squared, marginal and conditional, with intervals
+``r2(m)``                Bayesian R-squared (brms's ``bayes_R2``), marginal and conditional
 ``n_parameters(m)``      number of parameters, as lme4's ``npar``/``Df`` in ``anova``
 =======================  ===========================================================================
 
@@ -539,10 +539,17 @@ def _resolve_folds(
 def r2(model: "Lmer", prob: float = 0.95) -> pd.DataFrame:
     """Bayesian R-squared (Gelman, Goodrich, Gabry & Vehtari 2019), marginal and conditional.
 
-    For every posterior draw ``s``, with ``mu_s`` the fitted means of the rows and ``y`` the data,
+    For every posterior draw ``s``, with ``mu_s`` the expected responses of the rows and ``y`` the data,
     ``R2_s = var(mu_s) / (var(mu_s) + var(y - mu_s))`` (variances over rows), as brms's ``bayes_R2``.
-    *Conditional* uses the fitted means with the group effects; *marginal* the fixed effects only
-    (brms's ``bayes_R2(re_formula = NA)``), so its residual variance includes the group effects.
+    *Conditional* uses the expected responses with the group effects; *marginal* the fixed effects
+    only (brms's ``bayes_R2(re_formula = NA)``), so its residual variance includes the group effects.
+
+    For generalized linear mixed models this is the same definition on the response scale, as brms's
+    (not Nakagawa & Schielzeth's R2 with a distribution-specific variance on the link scale): ``y`` is the
+    response as the family encodes it (the number of successes for binomial models, counts for counts)
+    and ``mu_s`` its expected value under draw ``s`` (trials x probability, or the mean count), offsets
+    included. A binary response's residual variance is large, so such R2 values are low by
+    construction.
 
     Parameters
     ----------
@@ -563,11 +570,14 @@ def r2(model: "Lmer", prob: float = 0.95) -> pd.DataFrame:
     chains, draws = posterior.sizes["chain"], posterior.sizes["draw"]
     total = chains * draws
     beta = summaries.stack_draws(posterior, "beta").reshape(total, -1)
+    trials = 1.0 if design.trials is None else design.trials
     values = np.empty((total, 2))
     for start in range(0, total, _DRAW_CHUNK):
         part = slice(start, min(start + _DRAW_CHUNK, total))
-        values[part, 0] = _r2_draws(design.y, family.inverse_link(beta[part] @ design.X.T))
-        values[part, 1] = _r2_draws(design.y, family.inverse_link(posterior_eval.linear_predictor(design, posterior, part)))
+        marginal = design.linear_predictor(beta[part])
+        conditional = posterior_eval.linear_predictor(design, posterior, part)
+        values[part, 0] = _r2_draws(design.y, trials * family.inverse_link(marginal))
+        values[part, 1] = _r2_draws(design.y, trials * family.inverse_link(conditional))
     index = pd.Index(["marginal", "conditional"], name="R2")
     table = summaries.summarize(values.reshape(chains, draws, 2), index, prob=prob, diagnostics=False)
     return table.drop(columns="pd")

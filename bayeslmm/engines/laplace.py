@@ -1,37 +1,44 @@
 """Frequentist generalized linear mixed models: lme4's ``glmer`` (Laplace and adaptive Gauss-Hermite).
 
-The model is ``eta = X beta + Z Lambda_theta u + offset`` with spherical ``u ~ N(0, I)`` and a response
-from a binomial, Poisson or negative binomial family given ``eta`` (Bates, Maechler, Bolker & Walker
-2015, J. Stat. Softw. 67(1); lme4's ``glmer`` and ``glmer.nb``; Kristensen et al. 2016 for TMB).
+The model is ``eta = X beta + Z Lambda_theta u + offset`` with spherical ``u ~ N(0, I)`` and a binomial,
+Poisson or negative binomial response given ``eta`` (Bates, Maechler, Bolker & Walker 2015, J. Stat.
+Softw. 67(1); lme4's ``glmer``; Kristensen et al. 2016, J. Stat. Softw. 70(5), for TMB).
 
 Conditional modes by PIRLS
 --------------------------
 For given ``theta`` and ``beta`` the conditional mode ``u_hat`` maximises
 ``log p(y | eta(u)) - ||u||^2 / 2``. Penalised iteratively reweighted least squares finds it: each step
 solves the penalised weighted least-squares problem of :mod:`bayeslmm.engines.pwls` with the GLM
-weights ``w = (d m / d eta)^2 / Var(y)`` and working residuals ``(y - m) / (d m / d eta)`` of the current
-``eta`` (``m`` the mean of ``y``: trials x probability for binomial), halving the step when the penalised
-deviance ``-2 log p(y | eta) + ||u||^2`` does not decrease. The largest random-effects block is
-eliminated level by level, the others through a dense Schur complement, as in the REML engine.
+weights ``w = (dm / deta)^2 / Var(y)`` and working residuals ``(y - m) / (dm / deta)`` of the current
+``eta`` (:func:`~bayeslmm.engines.least_squares.glm_working`; ``m`` is the mean of ``y``, trials x
+probability for binomial), halving the step while the penalised deviance ``-2 log p(y | eta) + ||u||^2``
+increases. The largest random-effects block is eliminated level by level and the others go through a
+dense Schur complement, as in the REML engine.
 
 The deviance
 ------------
 The Laplace approximation of ``-2 log L(theta, beta)`` is
 
-    -2 log p(y | eta(u_hat)) + ||u_hat||^2 + log |L|^2,
+    -2 log p(y | eta(u_hat)) + ||u_hat||^2 + log |L|^2,     L L' = Lambda' Z' W Z Lambda + I.
 
-with ``L L' = Lambda' Z' W Z Lambda + I`` at ``u_hat``. ``log p`` is the full density (binomial
-coefficients included), so ``-deviance / 2`` is lme4's ``logLik``. ``W`` holds the GLM (Fisher) weights,
-as lme4's: the exact second derivative for the canonical logit and log links of the binomial and
-Poisson, lme4's choice for the probit and cloglog links. The negative binomial's log link is not
-canonical; there ``W`` holds the observed information ``mu theta (theta + y) / (theta + mu)^2``, the
-exact Laplace approximation that glmmTMB (TMB) maximises.
+``log p`` is the full density (binomial coefficients included), so ``-deviance / 2`` is lme4's ``logLik``.
+For the binomial and the Poisson this engine evaluates it exactly as lme4 1.1 does, which is what
+reproduces lme4's estimates to 4-5 significant digits: every evaluation runs PIRLS from one stored
+linear predictor (lme4's ``lp0``: the fit of stage 1), stops when the penalised deviance changes by less
+than ``tolPwrss = 1e-7`` (relative), and takes ``L`` from the last PIRLS step, i.e. with the GLM (Fisher)
+weights of the linear predictor before the last update. The exact Laplace approximation (``L`` at the
+mode) differs from lme4's by about 1e-5 in the deviance, which moves the cbpp estimates in the fourth
+digit and their standard errors by 1%. The negative binomial's reference is glmmTMB (glmer.nb can stop
+short of the maximum, see below): there PIRLS converges (to 1e-10, warm-started) and ``L`` holds the
+observed information ``mu k (k + y) / (k + mu)^2`` at the mode, the exact Laplace approximation that
+TMB computes (the log link is not the negative binomial's canonical link, so the Fisher weights differ).
 
 With ``nAGQ > 1`` and a single scalar random effect ``(1 | g)`` the groups' integrals are independent
 one-dimensional integrals, each computed by adaptive Gauss-Hermite quadrature with ``nAGQ`` nodes
-``u_g = u_hat_g + x_k / L_g`` around its mode (``L_g`` its entry of ``L``, the nodes and weights those of
-``numpy.polynomial.hermite_e``); ``nAGQ = 1`` is the Laplace approximation. lme4 prints the
-log-likelihood of such fits without the saturated model's; here it is always the full one.
+``u_g = u_hat_g + x_k / L_g`` around its mode (``L_g`` its entry of ``L``; nodes and weights of
+``numpy.polynomial.hermite_e``), as lme4's ``glmerAGQ``; ``nAGQ = 1`` is the Laplace approximation.
+lme4 prints the log-likelihood of such fits without the saturated model's; here it is always the full
+one.
 
 Optimisation
 ------------
@@ -39,24 +46,32 @@ As ``glmer``, in two stages, both with scipy's COBYQA (Powell's successor of the
 the diagonal elements of ``theta`` bounded below by 0:
 
 1. ``theta`` alone, with ``beta`` and ``u`` found together by PIRLS (lme4's ``nAGQ = 0``), from ``theta``
-   = identity factors and ``beta`` from the GLM without random effects;
+   = identity factors (and, for lme4's PIRLS, its ``lp0`` from R's ``mustart``);
 2. ``theta`` and ``beta`` together on the Laplace (or quadrature) deviance, ``beta`` measured in units of
-   its stage-1 standard errors so that the trust region fits every coefficient.
+   its stage-1 standard errors so that one trust region fits every coefficient.
 
-For the negative binomial, ``log(dispersion)`` joins stage 2 (the joint maximum of the Laplace
-likelihood, as glmmTMB's ``nbinom2``); its start is the dispersion of the negative binomial GLM.
-``glmer.nb`` instead alternates glmer fits at fixed dispersion with one-dimensional updates and can stop
-short of that maximum (on grouseticks lme4 1.1-31 reports a log-likelihood 0.2 below glmmTMB's).
+lme4's deviance jumps where PIRLS takes one more step before its tolerance is met. A trust-region method
+crawls along such jumps, so each stage minimises the smooth branch with the number of PIRLS steps fixed
+to lme4's at the current point (equal to lme4's deviance around it), and moves to the branch of the
+optimum until lme4 takes the same number of steps there.
+
+For the negative binomial, ``log(dispersion)`` joins stage 2: the joint maximum of the Laplace
+likelihood, glmmTMB's ``nbinom2`` fit; it starts from the dispersion of the negative binomial GLM.
+``glmer.nb`` instead alternates glmer fits at a fixed dispersion with one-dimensional updates of the
+dispersion and can stop short of that maximum (on grouseticks lme4 1.1-31 reports a log-likelihood 0.2
+below glmmTMB's, with the dispersion 2.052 instead of 2.045).
 
 Standard errors and convergence
 -------------------------------
 The covariance of ``beta`` is twice the inverse of the Hessian of the deviance in ``(theta, beta[, log
-dispersion])``, its ``beta`` block, as lme4 (``use.hessian = TRUE``) and glmmTMB; central differences
-with Richardson extrapolation (:mod:`bayeslmm.engines.numerical`), steps a tenth of the stage-1
-standard errors for ``beta``. Where that Hessian is not positive definite, the covariance falls back to
-``(RX' RX)^-1`` of the final PIRLS step (lme4's ``use.hessian = FALSE``) and ``vcov_method`` says so.
-Convergence is checked on the gradient scaled by the Cholesky factor of the same Hessian (lme4's
-tolerance 2e-3).
+dispersion])``, its ``beta`` block, as lme4 (``use.hessian = TRUE``) and glmmTMB. It is computed on the
+smooth branch of the optimum by central differences with Richardson extrapolation
+(:mod:`bayeslmm.engines.numerical`), with steps of a tenth of the stage-1 standard errors for ``beta``:
+lme4's own steps (1e-4) are small enough for rounding noise to show (its VerbAgg intercept SE, 0.40590,
+is 0.40572 with steps of 1e-3 or 1e-2 in lme4 itself). Where the Hessian is not positive definite, the
+covariance falls back to ``(RX' RX)^-1`` at the conditional modes (lme4's ``use.hessian = FALSE``) and
+``vcov_method`` says so. Convergence is checked on the gradient scaled by the Cholesky factor of the
+same Hessian (lme4's tolerance 2e-3).
 """
 
 from __future__ import annotations

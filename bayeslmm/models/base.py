@@ -34,19 +34,17 @@ class Model(FittedModel):
 
     @cached_property
     def data(self) -> pd.DataFrame:
-        """A copy of the rows used, with ``fits`` and ``residuals``.
+        """A copy of the rows used, with ``fits``, ``residuals`` and ``pearson_residuals``.
 
         ``fits`` is the posterior mean of the expected response (a probability for binomial models, a
         mean count for counts), ``residuals`` the observed response (a proportion for binomial models)
-        minus ``fits``.
+        minus ``fits``, and ``pearson_residuals`` the posterior mean of ``(y - E y) / sd(y)`` (brms's
+        ``residuals(type = "pearson")``; the residuals divided by ``sigma`` for gaussian models).
         """
         self._require_fit("data")
-        frame = self.design.data.copy()
         fits = posterior_eval.posterior_mean_response(self.design, self.posterior, self.family)
-        observed = self.design.y if self.design.trials is None else self.design.y / self.design.trials
-        frame["fits"] = fits
-        frame["residuals"] = observed - fits
-        return frame
+        pearson = posterior_eval.posterior_mean_pearson(self.design, self.posterior, self.family)
+        return summaries.fitted_data(self.design, fits, pearson)
 
     def posterior_predictive(self, n_draws: int | None = 500, random_seed: int | None = None) -> np.ndarray:
         """Replicated responses from the posterior predictive distribution, shape (n_draws, n_obs)."""

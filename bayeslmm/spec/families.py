@@ -199,7 +199,11 @@ class Family:
         raise NotImplementedError
 
     def variance(self, mu: np.ndarray, aux: dict[str, float], trials: np.ndarray | None = None) -> np.ndarray:
-        """Variance of the response at mean ``mu`` (for Pearson residuals)."""
+        """Variance of the response at mean ``mu`` (for Pearson residuals and GLM weights), shape ``mu.shape``.
+
+        ``mu`` is (n,) or (draws, n); ``aux`` values are floats or per-draw arrays (draws,). For binomial
+        models ``mu`` is the probability and the variance that of the number of successes.
+        """
         raise NotImplementedError
 
     def inverse_link(self, eta: np.ndarray) -> np.ndarray:
@@ -274,7 +278,7 @@ class Gaussian(Family):
         return rng.normal(mu, per_draw(aux["sigma"], mu))
 
     def variance(self, mu, aux, trials=None) -> np.ndarray:
-        return np.full(np.shape(mu), float(aux["sigma"]) ** 2)
+        return np.broadcast_to(per_draw(aux["sigma"], mu) ** 2, np.shape(mu))
 
     def pymc_likelihood(self, eta, aux: dict, y: np.ndarray | None = None, trials=None, dims: str | None = "obs"):
         import pymc as pm
@@ -438,7 +442,7 @@ class NegativeBinomial(Poisson):
         return rng.poisson(rng.gamma(size, mu / size)).astype(float)
 
     def variance(self, mu, aux, trials=None):
-        return mu + mu**2 / float(aux["dispersion"])
+        return mu + mu**2 / per_draw(aux["dispersion"], mu)
 
     def pymc_likelihood(self, eta, aux, y=None, trials=None, dims="obs"):
         import pymc as pm

@@ -317,6 +317,14 @@ chk <- glmer(y01 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item),
              family = binomial, data = verb)
 G$verbagg$success_level <- levels(verb$r2)[2]
 G$verbagg$success_check_fixef_maxabsdiff <- max(abs(fixef(chk) - unlist(G$verbagg$fixef)))
+## lme4's SEs come from deriv12() with steps of 1e-4, where the deviance's rounding noise shows
+## (about 4e-4 relative on the intercept's SE); the same Hessian with steps of 1e-3 is stable
+vfit <- glmer(fv, family = binomial, data = verb)
+vdev <- glmer(fv, family = binomial, data = verb, devFunOnly = TRUE)   # stage-2 deviance, lme4's lp0
+vpar <- c(getME(vfit, "theta"), fixef(vfit))
+vhess <- lme4:::deriv12(vdev, vpar, delta = 1e-3)$Hessian
+G$verbagg$SE_hessian_step_1e3 <- named(setNames(sqrt(diag(2 * solve(vhess)))[-seq_along(getME(vfit, "theta"))],
+                                                names(fixef(vfit))))
 
 fva <- r2 ~ Anger + Gender + btype + situ + (1 | id)
 G$verbagg_agq <- glmer_info(capture(glmer(fva, family = binomial, data = verb, nAGQ = 8)),
