@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.errors import DataError, UnsupportedSyntaxError
+from bayeslmm.spec.formula import is_cbind
 
 if TYPE_CHECKING:
     from bayeslmm.spec.priors import Prior
@@ -294,8 +295,9 @@ class Binomial(Family):
 
     The response may be 0/1 numbers, booleans, a column with two levels (the second level, in sorted or
     categorical order, is the success, as in R), ``cbind(successes, failures)`` in the formula, or a
-    proportion with the trials given as ``weights=`` (as glmer). ``log_likelihood`` is the full binomial
-    density, log binomial coefficient included, as lme4's ``logLik``.
+    proportion with the trials given as ``weights=`` (as glmer: the response is then always a proportion
+    in [0, 1], and successes = proportion x trials). ``log_likelihood`` is the full binomial density, log
+    binomial coefficient included, as lme4's ``logLik``.
     """
 
     name: str = "binomial"
@@ -325,11 +327,18 @@ class Binomial(Family):
             trials = np.ones_like(y)
         else:
             trials = np.asarray(trials, dtype=float)
-            if np.all((y >= 0) & (y <= 1)) and np.any((y > 0) & (y < 1)):
-                y = y * trials  # a proportion with weights=: successes = proportion x trials
-                note = "proportion x weights = successes"
-            _counts(y, frame, name, "successes")
-            _counts(trials, frame, name, "trials")
+            _counts(trials, frame, name, "trials (weights=)" if not is_cbind(name) else "trials")
+            if not is_cbind(name):  # a proportion with weights=, as glmer: successes = proportion x trials
+                bad = np.flatnonzero((y < 0) | (y > 1))
+                if bad.size:
+                    raise DataError(
+                        f"with weights= (the trials), binomial response {name!r} is the proportion of "
+                        f"successes and must lie in [0, 1]; rows {_rows(frame, bad)} hold {_values(y[bad])}. "
+                        "For counts of successes write cbind(successes, failures) ~ ... instead"
+                    )
+                y = y * trials
+                note = f"{name} is the proportion of successes out of weights= trials"
+            _counts(y, frame, name, "successes" if is_cbind(name) else "successes (proportion x weights=)")
             bad = np.flatnonzero(y > trials + 1e-9)
             if bad.size:
                 raise DataError(f"binomial response {name!r}: more successes than trials in rows {_rows(frame, bad)}")
