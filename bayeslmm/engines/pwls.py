@@ -128,6 +128,9 @@ class PenalizedLeastSquares:
         self.q1, self.q2 = sizes[self.big], sum(sizes[i] for i in self.others)
         self.Z1 = big.sparse()
         self.Z2 = random.sparse(self.others) if self.others else None
+        # transposed once: Z' W [X z] is computed at every PIRLS step
+        self._Z1t = sp.csr_array(self.Z1.T)
+        self._Z2t = sp.csr_array(self.Z2.T) if self.others else None
         if self.others:
             self._build_lambda2_pattern()
             self.offsets2 = np.concatenate([[0], np.cumsum([sizes[i] for i in self.others])])
@@ -146,7 +149,7 @@ class PenalizedLeastSquares:
         WXY = XY if weights is None else XY * weights[:, None]
         p = X.shape[1]
         M1 = self.blocks[self.big].crossprod_per_level(weights)
-        ZtXY1 = np.asarray(self.Z1.T @ WXY).reshape(self.G1, self.k1, p + 1)
+        ZtXY1 = np.asarray(self._Z1t @ WXY).reshape(self.G1, self.k1, p + 1)
         XtWXY = X.T @ WXY
         cp = Crossproducts(M1, ZtXY1, XtWXY[:, :p], XtWXY[:, p], float(z @ WXY[:, p]))
         if self.others:
@@ -156,7 +159,7 @@ class PenalizedLeastSquares:
             else:
                 cp.C12 = sp.csr_array((c12, self._c12_indices, self._c12_indptr), shape=(self.q1, self.q2))
             cp.M22 = self._pair_sums(self._m22, weights).reshape(self.q2, self.q2)
-            cp.ZtXY2 = np.asarray(self.Z2.T @ WXY)
+            cp.ZtXY2 = np.asarray(self._Z2t @ WXY)
         return cp
 
     # -- cross-products of Z as sums over rows ------------------------------------------------------
