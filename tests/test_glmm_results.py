@@ -252,3 +252,18 @@ def test_command_line_passes_family_link_and_weights(cbpp, tmp_path, monkeypatch
     assert "Family: binomial (cloglog link)" in capsys.readouterr().out
     assert cli.main(["fit", CBPP, str(tmp_path / "cbpp.csv"), "--family", "binomial", "--link", "identity"]) == 2
     assert "has links logit, probit, cloglog" in capsys.readouterr().err
+
+
+def test_pointwise_log_likelihood_and_lrt(binomial, cbpp):
+    from scipy import stats
+
+    from bayeslmm import lrt
+
+    p = _binomial_means(binomial)
+    expected = stats.binom.logpmf(cbpp["incidence"].to_numpy(), cbpp["size"].to_numpy(), p)
+    np.testing.assert_allclose(binomial.log_likelihood().values.reshape(len(p), -1), expected, rtol=1e-10)
+    smaller = _stand_in_posterior(Lmer("cbind(incidence, size - incidence) ~ 1 + (1 | herd)", cbpp, family="binomial"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pareto k of a 80-draw stand-in posterior
+        table = lrt(smaller, binomial)
+    assert list(table["npar"]) == [2, 5] and table["best"].sum() == 1
