@@ -309,3 +309,11 @@ def test_fit_is_cached_per_criterion(cbpp):
         warnings.simplefilter("error")
         first = model.fit_frequentist()
     assert model.fit_frequentist() is first and model.frequentist is first
+
+
+def test_complete_separation_is_flagged(cbpp):
+    """No case in period 4: its coefficient runs off to -infinity; lme4 and glm warn, and so does this."""
+    data = cbpp.assign(incidence=np.where(cbpp["period"].astype(int) == 4, 0, cbpp["incidence"]))
+    with pytest.warns(ConvergenceWarning, match=r"numerically 0 or 1 occurred \(rows 3, 10, 14"):
+        result = _fit(CBPP, data, "binomial")
+    assert result.coefs.loc["period[4]", "Estimate"] < -10

@@ -86,7 +86,14 @@ from scipy import linalg, optimize
 
 from bayeslmm.engines.least_squares import glm, glm_working
 from bayeslmm.engines.numerical import gradient_and_hessian, scaled_gradient
-from bayeslmm.engines.pwls import Factor, PenalizedLeastSquares, check_full_rank
+from bayeslmm.engines.pwls import (
+    GRADIENT_TOLERANCE,
+    SINGULAR_TOLERANCE,
+    Factor,
+    PenalizedLeastSquares,
+    check_full_rank,
+    snap_to_bounds,
+)
 from bayeslmm.errors import ConvergenceWarning, DataError, UnsupportedSyntaxError
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.families import Family
@@ -95,10 +102,6 @@ __all__ = ["GlmmFit", "fit_laplace", "LAPLACE_FAMILIES", "SINGULAR_TOLERANCE"]
 
 #: Families this engine fits.
 LAPLACE_FAMILIES = ("binomial", "poisson", "negbinomial")
-#: lme4's isSingular tolerance on the diagonal elements of the ``T_b``.
-SINGULAR_TOLERANCE = 1e-4
-# lme4's tolerance on the scaled gradient (glmerControl's check.conv.grad).
-_GRADIENT_TOLERANCE = 2e-3
 # COBYQA's trust radii. Stage 1 starts from theta = 1; stage 2 from stage 1's estimates, which are close
 # (beta in its standard errors); a later round on another branch of lme4's deviance is closer still.
 # The final radius gives theta and beta (in standard errors) to about 1e-5.
@@ -216,21 +219,23 @@ def fit_laplace(design: Design, family: Family, nAGQ: int = 1) -> GlmmFit:
         # lme4's deviance jumps where PIRLS takes one more step; differentiate the smooth branch of the optimum
         model.fixed_iterations = model.pirls(theta, beta, model.aux(log_aux)).iterations
         gradient, hess = gradient_and_hessian(model.objective, parameters, levels=1, steps=model.steps(parameters))
+        model.fixed_iterations = None
         deviance = model.deviance(theta, beta, model.aux(log_aux))
         mode = model.pirls(theta, beta, model.aux(log_aux))
         vcov, vcov_method = _beta_covariance(model, hess, theta, mode)
     free = _free(model, parameters, gradient)
     scaled = scaled_gradient(gradient[free], hess[np.ix_(free, free)])
-    converged = bool(stage1.success and result.success and scaled < _GRADIENT_TOLERANCE)
+    converged = bool(stage1.success and result.success and scaled < GRADIENT_TOLERANCE)
     message = str(result.message)
     if not converged:
         message = f"scaled gradient {scaled:.3g} ({message})"
         warnings.warn(
             f"optimizer did not converge: {message}; the random-effects structure may be too complex "
-            "for the data, or predictors may need rescaling",
+            "for the data, a predictor may separate the outcomes, or predictors may need rescaling",
             ConvergenceWarning,
             stacklevel=3,
         )
+    _warn_if_separated(design, family, mode.terms.mu)
     return GlmmFit(
         theta=theta,
         beta=beta,
@@ -247,6 +252,27 @@ def fit_laplace(design: Design, family: Family, nAGQ: int = 1) -> GlmmFit:
         n_evaluations=stage1.nfev + n_stage2,
         seconds=time.perf_counter() - started,
     )
+
+
+def _warn_if_separated(design: Design, family: Family, mu: np.ndarray) -> None:
+    """Warn, as R's glm, when fitted means sit at the edge of their range (0 or 1 to machine precision).
+
+    A predictor (or a group) then separates the outcomes: its coefficient runs off to infinity and
+    neither it nor its standard error means anything.
+    """
+    edge = mu <= 1e3 * _EPS
+    if family.name == "binomial":
+        edge |= mu >= 1.0 - 1e3 * _EPS
+    if edge.any():
+        rows = ", ".join(map(repr, design.data.index[np.flatnonzero(edge)[:5]]))
+        more = f" and {int(edge.sum()) - 5} more" if edge.sum() > 5 else ""
+        warnings.warn(
+            f"fitted {'probabilities' if family.name == 'binomial' else 'means'} numerically 0 or 1 occurred "
+            f"(rows {rows}{more}): some predictor or group separates the outcomes, and its coefficient and "
+            "standard error are not meaningful; look at the response by predictor, or drop that level",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -552,9 +578,15 @@ def _stage_one(model: _LaplaceDeviance) -> _StageOne:
             return None
 
     result, n_evaluations = _minimize_by_branch(model, objective, theta0, model.diagonal, steps_at, _STAGE_ONE_RADIUS)
-    theta = _snap_to_bounds(result.x, model.diagonal)
+    theta = snap_to_bounds(result.x, model.diagonal)
     objective(theta)  # beta, u and (RX'RX)^-1 at the optimum itself, as lme4 re-evaluates
     mode = found["mode"]
+    if mode is None or not np.all(np.isfinite(mode.beta)):
+        raise DataError(
+            "the model cannot be fitted: penalised iteratively reweighted least squares failed for every "
+            "variance tried. A fixed effect may separate the outcomes completely (a level or a range of a "
+            "predictor with only zeros, or only successes); look at the response by predictor"
+        )
     if model.lme4:
         model.start_eta = mode.terms.eta  # lme4's lp0 of stage 2
     model.beta_scale = np.sqrt(np.maximum(np.diag(mode.unscaled), _EPS))
@@ -587,7 +619,7 @@ def _stage_two(model: _LaplaceDeviance, stage1: _StageOne):
         model, lambda x: model.objective(natural(x)), start, bounded, steps_at, _STAGE_TWO_RADIUS
     )
     x = result.x.copy()
-    x[:m] = _snap_to_bounds(x[:m], model.diagonal)
+    x[:m] = snap_to_bounds(x[:m], model.diagonal)
     theta, beta, log_aux = model.split(natural(x))
     return theta, beta, log_aux, result, n_evaluations
 
@@ -641,13 +673,6 @@ def _minimize(objective, start: np.ndarray, bounded: np.ndarray, radius: float) 
             "maxfev": max(2000, 500 * len(start)),
         },
     )
-
-
-def _snap_to_bounds(theta: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
-    """Clip diagonal elements into [0, inf) and set those within 1e-10 of the bound to 0."""
-    theta = np.array(theta, dtype=float)
-    theta[diagonal] = np.where(theta[diagonal] < 1e-10, 0.0, theta[diagonal])
-    return theta
 
 
 def _free(model: _LaplaceDeviance, parameters: np.ndarray, gradient: np.ndarray) -> np.ndarray:

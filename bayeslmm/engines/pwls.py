@@ -35,7 +35,21 @@ from bayeslmm.errors import DataError
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.random_effects import RandomEffects
 
-__all__ = ["Crossproducts", "Factor", "Solution", "PenalizedLeastSquares", "check_full_rank"]
+__all__ = [
+    "Crossproducts",
+    "Factor",
+    "Solution",
+    "PenalizedLeastSquares",
+    "check_full_rank",
+    "snap_to_bounds",
+    "SINGULAR_TOLERANCE",
+    "GRADIENT_TOLERANCE",
+]
+
+#: lme4's isSingular tolerance: a diagonal element of some T_b below this is a boundary (singular) fit.
+SINGULAR_TOLERANCE = 1e-4
+#: lme4's tolerance on the scaled gradient at the optimum (lmerControl's and glmerControl's check.conv.grad).
+GRADIENT_TOLERANCE = 2e-3
 
 # W (the off-diagonal part of L) is multiplied as a dense matrix above this fill ratio.
 _DENSE_FILL = 0.15
@@ -379,6 +393,13 @@ def _times(lam2: sp.csr_array | np.ndarray, x: np.ndarray, transpose: bool = Fal
     if isinstance(lam2, np.ndarray):
         return lam2 * x if x.ndim == 1 else lam2[:, None] * x
     return np.asarray((lam2.T if transpose else lam2) @ x)
+
+
+def snap_to_bounds(theta: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
+    """``theta`` with its diagonal elements clipped into [0, inf), and those within 1e-10 of 0 set to 0."""
+    theta = np.array(theta, dtype=float)
+    theta[diagonal] = np.where(theta[diagonal] < 1e-10, 0.0, theta[diagonal])
+    return theta
 
 
 def check_full_rank(design: Design) -> None:

@@ -50,7 +50,15 @@ import numpy as np
 from scipy import linalg, optimize
 
 from bayeslmm.engines.numerical import central_gradient, hessian, jacobian, scaled_gradient
-from bayeslmm.engines.pwls import Factor, PenalizedLeastSquares, Solution, check_full_rank
+from bayeslmm.engines.pwls import (
+    GRADIENT_TOLERANCE,
+    SINGULAR_TOLERANCE,
+    Factor,
+    PenalizedLeastSquares,
+    Solution,
+    check_full_rank,
+    snap_to_bounds,
+)
 from bayeslmm.errors import ConvergenceWarning, DataError
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.random_effects import RandomEffects
@@ -60,14 +68,10 @@ __all__ = ["RemlFit", "fit_reml", "SINGULAR_TOLERANCE"]
 # Gradient step of the convergence check, relative to max(1, |theta_i|): large enough that rounding
 # noise in the deviance (~1e-12 relative) stays far below the truncation error of the difference.
 _GRADIENT_STEP = 1e-4
-# lme4's tolerance on the scaled gradient (checkConv's check.conv.grad).
-_GRADIENT_TOLERANCE = 2e-3
 # COBYQA stops when its trust region is this small: theta to about 1e-7.
 _FINAL_TRUST_RADIUS = 1e-7
 # Eigenvalues of the varpar Hessian below this are treated as zero, as lmerTest does.
 _EIGEN_TOLERANCE = 1e-8
-#: lme4's isSingular tolerance: a diagonal element of some T_b below this is a boundary (singular) fit.
-SINGULAR_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -314,9 +318,9 @@ def _optimize_theta(model: _ProfiledDeviance, REML: bool) -> tuple[np.ndarray, b
         options={"final_tr_radius": _FINAL_TRUST_RADIUS, "maxfev": max(2000, 500 * len(lower))},
     )
     n_evaluations = calls[0]
-    theta = _snap_to_bounds(result.x, diagonal)
+    theta = snap_to_bounds(result.x, diagonal)
     scaled = _scaled_gradient(objective, theta, diagonal)
-    converged = bool(result.success and scaled < _GRADIENT_TOLERANCE)
+    converged = bool(result.success and scaled < GRADIENT_TOLERANCE)
     if not converged:
         warnings.warn(
             f"optimizer did not converge: scaled gradient {scaled:.3g} ({result.message}); "
@@ -348,13 +352,6 @@ def _scaled_gradient(f, theta: np.ndarray, diagonal: np.ndarray) -> float:
 
     hess = hessian(restricted, theta[free], levels=1)
     return scaled_gradient(g, hess)
-
-
-def _snap_to_bounds(theta: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
-    """Clip diagonal elements into [0, inf) and set those within 1e-10 of the bound to 0."""
-    theta = np.array(theta, dtype=float)
-    theta[diagonal] = np.where(theta[diagonal] < 1e-10, 0.0, theta[diagonal])
-    return theta
 
 
 def _satterthwaite_df(
