@@ -42,6 +42,7 @@ from arviz_stats.utils import ELPDData
 from scipy.special import logsumexp
 
 from bayeslmm.engines import collapsed
+from bayeslmm.engines.posterior_names import var_names
 from bayeslmm.errors import (
     ConvergenceWarning,
     DataError,
@@ -320,7 +321,6 @@ class _Refitter:
         if not self.collapsed:
             import nutpie
 
-            from bayeslmm.engines.posterior_names import var_names
             from bayeslmm.engines.pymc_model import build_model
 
             keep = ["beta", *model.family.aux] + [var_names(block)["ranef"] for block in model.design.blocks]

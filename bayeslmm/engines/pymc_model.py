@@ -29,7 +29,7 @@ from bayeslmm.engines.sampling import SamplerSettings
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.families import Family
 from bayeslmm.spec.priors import ModelPriors, Prior
-from bayeslmm.spec.random_effects import INTERCEPT, RandomBlock
+from bayeslmm.spec.random_effects import RandomBlock
 
 __all__ = ["build_model", "build_group_regressions", "prior_variable", "sample_pymc"]
 
@@ -205,18 +205,18 @@ def build_group_regressions(
     """One PyMC model holding G independent regressions (``Lm2`` with non-Normal priors).
 
     Variables: ``beta`` (group, fixed_term) on the original scale, ``sigma`` (group,). Predictors are
-    centred within each group when there is an intercept, as :mod:`bayeslmm.model` does for one
-    regression, so each group's intercept prior is at that group's means.
+    centred within each group (:meth:`~bayeslmm.spec.random_effects.FixedEffects.centring` of the
+    group's rows), so each group's intercept prior is at that group's means.
     """
     terms = list(design.fixed_terms)
     X, G = design.X, len(levels)
     coords = {"group": list(levels), "fixed_term": terms, "obs": np.arange(design.n_obs)}
     grid = [[group_priors.fixed[term] for term in terms] for group_priors in priors]
     with pm.Model(coords=coords) as model:
-        if INTERCEPT in terms and len(terms) > 1:
-            intercept = terms.index(INTERCEPT)
-            means = _group_means(X, codes, G)
-            means[:, intercept] = 0.0
+        centrings = [design.fixed.subset(codes == g).centring() for g in range(G)]
+        intercept = centrings[0][1]
+        if intercept is not None:
+            means = np.stack([means for means, _ in centrings])
             centred = _matrix_rv("beta_centered", grid, dims=("group", "fixed_term"))
             shift = (means * centred).sum(axis=1)
             pm.Deterministic(
@@ -231,13 +231,6 @@ def build_group_regressions(
         sigma = prior_variable("sigma", [group_priors.sigma for group_priors in priors], dims="group")
         family.pymc_likelihood(eta, {"sigma": sigma[codes]}, design.y)
     return model
-
-
-def _group_means(X: np.ndarray, codes: np.ndarray, G: int) -> np.ndarray:
-    """Column means of ``X`` within each group, shape (G, p)."""
-    sums = np.zeros((G, X.shape[1]))
-    np.add.at(sums, codes, X)
-    return sums / np.bincount(codes, minlength=G)[:, None]
 
 
 def _matrix_rv(name: str, grid: list[list[Prior]], dims: tuple[str, str], name_as_deterministic: bool = False):

@@ -22,6 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bayeslmm.errors import (
+    BayeslmmError,
+    ConvergenceWarning,
+    NotFittedError,
+    ParetoKWarning,
+)
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -265,8 +272,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version and argparse's own usage errors
         return int(exit_.code or 0)
-    from bayeslmm.errors import ConvergenceWarning, ParetoKWarning
-
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         # the summary and the comparison table print these already, with advice
@@ -287,8 +292,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_input_error(exc: BaseException) -> bool:
-    from bayeslmm.errors import BayeslmmError, NotFittedError
-
     if isinstance(exc, NotFittedError):
         return False
     return isinstance(exc, InputError | BayeslmmError | FileNotFoundError | FileExistsError | IsADirectoryError)

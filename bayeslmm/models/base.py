@@ -79,7 +79,9 @@ class Model(FittedModel):
         See :func:`bayeslmm.analysis.comparison.loo`.
         """
         self._require_fit("loo")
-        from bayeslmm.analysis import comparison  # ArviZ (a second to import) only when asked for
+        from bayeslmm.analysis import (
+            comparison,  # ArviZ (a second to import) only when asked for
+        )
 
         return comparison.loo(self, reloo=reloo, **options)
 

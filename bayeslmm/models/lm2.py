@@ -156,7 +156,7 @@ class Lm2(FittedModel):
         exact = all(regression.supports(p) for p in self.model_priors) and options.get("nuts_sampler", "nutpie") == "nutpie"
         if exact:
             return regression.sample_tree(
-                design.X, design.y, self.model_priors, self._codes, design.fixed_terms, self.levels,
+                design, self.model_priors, self._codes, self.levels,
                 draws=draws, tune=tune, chains=chains, random_seed=random_seed,
             )
         from bayeslmm.engines.pymc_model import (  # PyMC loads only here

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayeslmm import __version__
 from bayeslmm.engines.sampling import SamplerSettings
 from bayeslmm.errors import NotFittedError, ResultFileError
 from bayeslmm.spec.priors import Prior
@@ -150,8 +151,6 @@ def _is_result(path: Path) -> bool:
 
 
 def _metadata(model: "FittedModel") -> dict[str, Any]:
-    from bayeslmm import __version__
-
     return {
         "format_version": FORMAT_VERSION,
         "bayeslmm_version": __version__,

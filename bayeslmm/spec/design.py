@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.errors import DataError, FormulaError, UnsupportedSyntaxError
+from bayeslmm.spec import expressions
+from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.formula import ParsedFormula, RandomTerm
 from bayeslmm.spec.random_effects import (
     INTERCEPT,
@@ -196,8 +198,6 @@ class Design:
 
 
 def _expression_columns(expression: str) -> set[str]:
-    from bayeslmm.spec import expressions
-
     return expressions.columns(expression)
 
 
@@ -219,7 +219,7 @@ def to_pandas(data: Any) -> pd.DataFrame:
 
 
 def build_design(
-    formula: ParsedFormula, data: Any, family: Any = None, weights: Any = None, offset: Any = None
+    formula: ParsedFormula, data: Any, family: Family | None = None, weights: Any = None, offset: Any = None
 ) -> Design:
     """Evaluate ``formula`` on ``data``.
 
@@ -249,11 +249,7 @@ def build_design(
         a grouping factor with a single level, or (where the family requires it) as many groups as
         observations.
     """
-    from bayeslmm.spec import expressions
-
     if family is None:
-        from bayeslmm.spec.families import get_family
-
         family = get_family("gaussian")
     frame = to_pandas(data)
     if len(frame) == 0:
@@ -327,8 +323,6 @@ def _per_row(values: Any, frame: pd.DataFrame, what: str) -> np.ndarray | None:
 
 def _offsets(formula: ParsedFormula, frame: pd.DataFrame, argument: np.ndarray | None) -> np.ndarray | None:
     """The formula's ``offset(...)`` terms plus the ``offset=`` argument; None when there are none."""
-    from bayeslmm.spec import expressions
-
     parts = []
     for expression in formula.offsets:
         values = expressions.evaluate(expression, frame)
@@ -357,13 +351,11 @@ def _columns_used(formula: ParsedFormula, frame: pd.DataFrame) -> list[str]:
     """Columns named anywhere in the formula; raise DataError for unknown ones."""
     import formulae
 
-    from bayeslmm.spec import expressions as arithmetic
-
     names: set[str] = set()
     expressions = [formula.fixed] if formula.binomial is not None else [f"{formula.response} ~ {formula.fixed}"]
     expressions += [term.expr for term in formula.random]
     for expression in list(formula.binomial or ()) + list(formula.offsets):
-        names |= arithmetic.columns(expression)
+        names |= expressions.columns(expression)
     for expression in expressions:
         try:
             names |= formulae.model_description(expression).var_names
