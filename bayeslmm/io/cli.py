@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit(commands)
     _add_summary(commands)
     _add_compare(commands)
+    _add_compile(commands)
     return parser
 
 
@@ -130,6 +131,18 @@ def _add_compare(commands) -> None:
         "--names", nargs="+", metavar="NAME", help="row labels, one per result (default: the formulas)"
     )
     compare.set_defaults(handler=_run_compare)
+
+
+def _add_compile(commands) -> None:
+    compile_ = commands.add_parser(
+        "compile",
+        help="compile the samplers' kernels once, so that the first fit starts at once",
+        description=(
+            "Compile bayeslmm's numba kernels and cache them on disk (about 20 s, once per installation; "
+            "scripts/bootstrap.sh does it). Without it the first fit compiles them."
+        ),
+    )
+    compile_.set_defaults(handler=_run_compile)
 
 
 def _positive_int(text: str) -> int:
@@ -250,6 +263,14 @@ def _run_compare(args: argparse.Namespace) -> int:
         raise InputError(f"--names needs {len(args.paths)} labels, one per result, got {len(args.names)}")
     models = [load(path) for path in args.paths]
     print(lrt(*models, names=args.names).to_text())
+    return EXIT_OK
+
+
+def _run_compile(args: argparse.Namespace) -> int:
+    from bayeslmm.engines.compiled import compile_all
+
+    print("compiling bayeslmm's kernels (once per installation) ...", flush=True)
+    compile_all(report=lambda line: print(f"  {line}", flush=True))
     return EXIT_OK
 
 
