@@ -43,6 +43,8 @@ from scipy.special import logsumexp
 
 from bayeslmm.engines import collapsed
 from bayeslmm.engines.posterior_names import var_names
+from bayeslmm.engines.progress import Progress
+from bayeslmm.engines.sampling import resolve_progressbar
 from bayeslmm.errors import (
     ConvergenceWarning,
     DataError,
@@ -372,6 +374,9 @@ class _RefitWrapper(SamplingWrapper):
     Records the seconds and divergences of every refit.
     """
 
+    #: bayeslmm's progress bar over the refits (set by the caller that knows how many there are).
+    progress: Progress | None = None
+
     def __init__(self, model: "Lmer", tree: xr.DataTree, random_seed: int | None, **settings: Any) -> None:
         super().__init__(model=None, idata_orig=tree)
         self.lmer = model
@@ -395,6 +400,8 @@ class _RefitWrapper(SamplingWrapper):
             modified_observed_data, seed=seed, **self.settings, **self.options
         )
         self.seconds.append(seconds)
+        if self.progress is not None:
+            self.progress.update(len(self.seconds))
         self.divergences.append(divergences)
         return posterior
 
@@ -425,7 +432,9 @@ def _reloo(model: "Lmer", result: Any, **settings: Any) -> Any:
     """PSIS-LOO with the flagged observations replaced by exact leave-one-out refits (ArviZ ``reloo``)."""
     tree = _loo_tree(model)
     wrapper = _RefitWrapper(model, tree, settings.pop("random_seed", None), **settings)
-    refitted = az.reloo(wrapper, loo_orig=result, var_name="y", k_threshold=K_THRESHOLD, pointwise=True)
+    with Progress(_n_high_k(result), "Exact leave-one-out refits", "fits", enabled=resolve_progressbar(None)) as bar:
+        wrapper.progress = bar
+        refitted = az.reloo(wrapper, loo_orig=result, var_name="y", k_threshold=K_THRESHOLD, pointwise=True)
     refitted.refit_seconds = list(wrapper.seconds)
     refitted.compile_seconds = wrapper.refitter.compile_seconds
     wrapper.warn_divergences("leave-one-out")
@@ -506,7 +515,10 @@ def _kfold(model: "Lmer", folds: np.ndarray, random_seed: int | None, **settings
     """K-fold cross-validation with given folds (ArviZ ``loo_kfold`` on the compiled weighted model)."""
     tree = _loo_tree(model)
     wrapper = _RefitWrapper(model, tree, random_seed, **settings)
-    result = az.loo_kfold(tree, wrapper, pointwise=True, var_name="y", folds=folds)
+    n_folds = len(np.unique(folds))
+    with Progress(n_folds, f"{n_folds}-fold cross-validation", "fits", enabled=resolve_progressbar(None)) as bar:
+        wrapper.progress = bar
+        result = az.loo_kfold(tree, wrapper, pointwise=True, var_name="y", folds=folds)
     result.compile_seconds = wrapper.refitter.compile_seconds
     result.fold_seconds = list(wrapper.seconds)
     wrapper.warn_divergences("K-fold")
@@ -792,7 +804,13 @@ class ModelComparison(pd.DataFrame):
             "elpd_diff: elpd minus the best model's; SE_diff: its standard error (paired over observations).",
             "A difference larger than about 4 and than 2 SE_diff is clear; smaller ones are not.",
         ]
-        return lines + [f"Warning: {note}" for note in self.notes]
+        if self.criterion != "kfold" and self["n_high_k"].fillna(0).sum():
+            # the full advice is in the ParetoKWarning (and in .notes); the table only points to it
+            lines.append(
+                f"k>{K_THRESHOLD}: observations whose PSIS-LOO estimate is unreliable; lrt(..., reloo=True) "
+                "or lrt(..., kfold=10) replaces it (see the warning)"
+            )
+        return lines
 
     def summary_parts(self) -> SummaryParts:
         """The printed form as :class:`~bayeslmm.results.report.SummaryParts`: title, models, table, how to read it."""

@@ -25,6 +25,7 @@ import pytensor.tensor as pt
 import xarray as xr
 
 from bayeslmm.engines.posterior_names import var_names
+from bayeslmm.engines.progress import Progress, nutpie_callback
 from bayeslmm.engines.sampling import SamplerSettings
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.families import Family
@@ -144,11 +145,14 @@ def sample_pymc(
     progressbar: bool = False,
     **options,
 ) -> tuple[xr.DataTree, SamplerSettings]:
-    """Sample the full PyMC ``model`` with NUTS (nutpie, or PyMC's own with ``nuts_sampler="pymc"``).
+    """Sample the full PyMC ``model`` with NUTS: nutpie (default) or PyMC's own (``nuts_sampler="pymc"``).
+
+    Progress is shown by bayeslmm's own bar (:mod:`bayeslmm.engines.progress`); neither sampler prints.
 
     Parameters
     ----------
     model : pymc.Model
+        With an observed variable ``y`` (or a weighted log-likelihood potential).
     draws, tune, chains : int
         Kept draws, tuning steps and chains.
     random_seed : int or None
@@ -157,7 +161,7 @@ def sample_pymc(
         Posterior variables to keep; internal ones (non-centred ``z``, centred ``beta``) are dropped.
     progressbar : bool
     **options
-        Passed to :func:`pymc.sample` (e.g. ``target_accept``, ``nuts_sampler``).
+        ``nuts_sampler``, ``target_accept``, ``maxdepth``, ``cores``.
 
     Returns
     -------
@@ -165,38 +169,66 @@ def sample_pymc(
         With ``posterior`` (only ``keep``), ``sample_stats`` and ``observed_data`` groups.
     settings : SamplerSettings
     """
-    options.setdefault("nuts_sampler", default_nuts_sampler())
+    options = dict(options)
+    nuts_sampler = options.pop("nuts_sampler", default_nuts_sampler())
     options.pop("method", None)
-    if "maxdepth" in options and options["nuts_sampler"] == "pymc":
-        options["max_treedepth"] = options.pop("maxdepth")
     start = time.perf_counter()
     with warnings.catch_warnings():
         # PyTensor's advice about BLAS concerns its C backend; nutpie compiles with numba instead
         warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS")
-        idata = pm.sample(
-            model=model,
-            draws=draws,
-            tune=tune,
-            chains=chains,
-            random_seed=random_seed,
-            progressbar=progressbar,
-            compute_convergence_checks=False,
-            **options,
-        )
+        with Progress(chains * (draws + tune), f"Sampling {chains} chains", "draws", enabled=progressbar) as bar:
+            if nuts_sampler == "nutpie":
+                idata = _sample_nutpie(model, draws, tune, chains, random_seed, keep, bar if progressbar else None, options)
+            else:
+                idata = _sample_pymc_nuts(model, draws, tune, chains, random_seed, bar if progressbar else None, options)
     seconds = time.perf_counter() - start
-    posterior = idata["posterior"].to_dataset()[keep]
+    observed = model.rvs_to_values[model["y"]].data if "y" in model.named_vars else np.zeros(0)
     tree = xr.DataTree.from_dict(
         {
-            "posterior": posterior,
+            "posterior": idata["posterior"].to_dataset()[keep],
             "sample_stats": idata["sample_stats"].to_dataset(),
-            "observed_data": idata["observed_data"].to_dataset() if "observed_data" in idata.children
-            else xr.Dataset({"y": (("obs",), model["y"].eval() if "y" in model else np.zeros(0))}),
+            "observed_data": xr.Dataset({"y": (("obs",), np.asarray(observed, dtype=float))}),
         }
     )
     settings = SamplerSettings(
-        sampler=options["nuts_sampler"], draws=draws, tune=tune, chains=chains, random_seed=random_seed, seconds=seconds
+        sampler=nuts_sampler, draws=draws, tune=tune, chains=chains, random_seed=random_seed, seconds=seconds
     )
     return tree, settings
+
+
+def _sample_nutpie(model, draws, tune, chains, random_seed, keep, bar, options) -> xr.DataTree:
+    """nutpie on the model compiled by PyMC (numba backend), without nutpie's own progress display."""
+    import nutpie
+
+    compiled = nutpie.compile_pymc_model(model, var_names=keep)
+    return nutpie.sample(
+        compiled, draws=draws, tune=tune, chains=chains, seed=random_seed, save_warmup=False, progress_bar=False,
+        progress_callback=nutpie_callback(bar) if bar is not None else None, **options,
+    )
+
+
+def _sample_pymc_nuts(model, draws, tune, chains, random_seed, bar, options) -> xr.DataTree:
+    """PyMC's own NUTS, with its progress bar and log lines replaced by bayeslmm's bar."""
+    import logging
+
+    if "maxdepth" in options:
+        options["max_treedepth"] = options.pop("maxdepth")
+    counted = [0]
+
+    def callback(trace, draw) -> None:
+        counted[0] += 1
+        bar.update(counted[0])
+
+    logger = logging.getLogger("pymc")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # "NUTS: [beta_centered, ...]" names internal variables
+    try:
+        return pm.sample(
+            model=model, draws=draws, tune=tune, chains=chains, random_seed=random_seed, progressbar=False,
+            compute_convergence_checks=False, callback=callback if bar is not None else None, **options,
+        )
+    finally:
+        logger.setLevel(level)
 
 
 def build_group_regressions(

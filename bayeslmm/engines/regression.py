@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayeslmm.engines.progress import Progress
 from bayeslmm.engines.sampling import SamplerSettings
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.priors import ModelPriors
@@ -227,6 +228,7 @@ def sample_tree(
     tune: int,
     chains: int,
     random_seed: int | None,
+    progressbar: bool = False,
 ) -> tuple[xr.DataTree, SamplerSettings]:
     """Posterior of one regression (``levels`` None) or of one regression per group, by the exact engine.
 
@@ -240,6 +242,8 @@ def sample_tree(
         Group of each row.
     levels : pandas.Index, optional
         The groups; None for a single regression (``beta`` has dims (fixed_term,), else (group, fixed_term)).
+    progressbar : bool
+        Show bayeslmm's progress bar (regressions done).
 
     Returns
     -------
@@ -251,10 +255,12 @@ def sample_tree(
     start = time.perf_counter()
     rng = np.random.default_rng(random_seed)
     groups = 1 if levels is None else len(levels)
-    fits = [
-        sample_regression(design.fixed.subset(codes == g), design.y[codes == g], priors[g], draws=draws, chains=chains, rng=rng)
-        for g in range(groups)
-    ]
+    fits = []
+    with Progress(groups, f"Exact posterior, {chains} chains", "regressions", enabled=progressbar) as bar:
+        for g in range(groups):
+            rows = codes == g
+            fits.append(sample_regression(design.fixed.subset(rows), design.y[rows], priors[g], draws=draws, chains=chains, rng=rng))
+            bar.update(g + 1)
     coords = {"chain": np.arange(chains), "draw": np.arange(draws), "fixed_term": list(design.fixed_terms)}
     if levels is None:
         posterior = xr.Dataset(

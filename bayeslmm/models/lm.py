@@ -84,7 +84,7 @@ class Lm(Model):
         if regression.supports(self.model_priors) and options.get("nuts_sampler", "nutpie") == "nutpie":
             return regression.sample_tree(
                 self.design, [self.model_priors], np.zeros(self.design.n_obs, dtype=np.int64), None,
-                draws=draws, tune=tune, chains=chains, random_seed=random_seed,
+                draws=draws, tune=tune, chains=chains, random_seed=random_seed, progressbar=progressbar,
             )
         from bayeslmm.engines.pymc_model import (  # PyMC loads only for this path
             build_model,

@@ -157,7 +157,7 @@ class Lm2(FittedModel):
         if exact:
             return regression.sample_tree(
                 design, self.model_priors, self._codes, self.levels,
-                draws=draws, tune=tune, chains=chains, random_seed=random_seed,
+                draws=draws, tune=tune, chains=chains, random_seed=random_seed, progressbar=progressbar,
             )
         from bayeslmm.engines.pymc_model import (  # PyMC loads only here
             build_group_regressions,

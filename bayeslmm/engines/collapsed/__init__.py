@@ -160,7 +160,9 @@ def sample_marginal(
     packed = pack(design, priors)
     if method == "imh":
         cores = int(options.get("cores") or os.cpu_count() or 1)
-        theta, gamma, stats = sample_imh(packed, draws=draws, tune=tune, chains=chains, random_seed=random_seed, cores=cores)
+        theta, gamma, stats = sample_imh(
+            packed, draws=draws, tune=tune, chains=chains, random_seed=random_seed, cores=cores, progressbar=progressbar
+        )
         if stats.attrs["mean_acceptance"] < IMH_MIN_ACCEPTANCE:
             warnings.warn(
                 f"the independence sampler accepted only {stats.attrs['mean_acceptance']:.0%} of its proposals "
