@@ -37,6 +37,7 @@ from bayeslmm.errors import (
     NotFittedError,
     ParetoKWarning,
     PriorError,
+    PriorSensitivityWarning,
     ResultFileError,
     UnsupportedSyntaxError,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "NotFittedError",
     "ParetoKWarning",
     "PriorError",
+    "PriorSensitivityWarning",
     "ResultFileError",
     "UnsupportedSyntaxError",
 ]

@@ -393,10 +393,14 @@ def test_no_random_effects_is_an_error(sleepstudy):
         _fit("Reaction ~ Days", sleepstudy)
 
 
-def test_rank_deficient_fixed_effects_is_an_error(sleepstudy):
+def test_rank_deficient_fixed_effects_are_dropped_as_lme4(sleepstudy):
+    """lme4: 'fixed-effect model matrix is rank deficient so dropping 1 column / coefficient'."""
     data = sleepstudy.assign(Hours=24 * sleepstudy["Days"])
-    with pytest.raises(DataError, match="rank deficient"):
-        _fit("Reaction ~ Days + Hours + (1 | Subject)", data)
+    with pytest.warns(UserWarning, match="rank deficient so dropping 1 column / coefficient: Hours"):
+        fit = _fit("Reaction ~ Days + Hours + (1 | Subject)", data)
+    reference = _fit("Reaction ~ Days + (1 | Subject)", data)
+    assert list(fit.coefs.index) == ["(Intercept)", "Days"]
+    np.testing.assert_allclose(fit.beta, reference.beta, rtol=1e-8)
 
 
 def test_response_explained_exactly_is_an_error(sleepstudy):

@@ -44,8 +44,9 @@ class Model(FittedModel):
         frame = self.design.data.copy()
         fits = posterior_eval.posterior_mean_response(self.design, self.posterior, self.family)
         observed = self.design.y if self.design.trials is None else self.design.y / self.design.trials
-        frame["fits"] = fits
-        frame["residuals"] = observed - fits
+        fits_name, residuals_name = _free_names(frame, ("fits", "residuals"))
+        frame[fits_name] = fits
+        frame[residuals_name] = observed - fits
         return frame
 
     def posterior_predictive(self, n_draws: int | None = 500, random_seed: int | None = None) -> np.ndarray:
@@ -124,3 +125,22 @@ class Model(FittedModel):
         from bayeslmm import plots
 
         return plots.plot_prior_posterior(self, params, **options)
+
+
+def _free_names(frame: pd.DataFrame, names: tuple[str, ...]) -> list[str]:
+    """``names`` for new columns of ``frame``; a name the user's data already has gets a ``_model`` suffix
+    (with a warning), so that the user's own column is never overwritten."""
+    import warnings
+
+    out = []
+    for name in names:
+        if name in frame.columns:
+            free = f"{name}_model"
+            while free in frame.columns:
+                free += "_"
+            warnings.warn(
+                f"the data has its own column {name!r}; the model's {name} are in {free!r}", UserWarning, stacklevel=4
+            )
+            name = free
+        out.append(name)
+    return out

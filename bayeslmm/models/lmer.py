@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -12,7 +13,7 @@ from bayeslmm.analysis import pooling
 from bayeslmm.engines import collapsed
 from bayeslmm.engines.posterior_names import var_names
 from bayeslmm.engines.sampling import SamplerSettings
-from bayeslmm.errors import FormulaError
+from bayeslmm.errors import FormulaError, PriorSensitivityWarning
 from bayeslmm.models.base import Model
 from bayeslmm.results import summaries
 from bayeslmm.results.frequentist import FrequentistResult, fit_frequentist
@@ -20,7 +21,7 @@ from bayeslmm.results.report import SummaryParts, display_table
 from bayeslmm.spec.design import build_design
 from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.formula import parse_formula
-from bayeslmm.spec.priors import default_priors
+from bayeslmm.spec.priors import default_priors, few_levels_warnings
 
 __all__ = ["Lmer"]
 
@@ -81,7 +82,10 @@ class Lmer(Model):
                 "too); use bayeslmm.Lm for a regression without groups"
             )
         design = build_design(parsed, data, family, weights=weights, offset=offset)
-        super().__init__(formula, design, family, default_priors(design, priors, family), priors)
+        resolved = default_priors(design, priors, family)
+        for message in few_levels_warnings(design, resolved):
+            warnings.warn(message, PriorSensitivityWarning, stacklevel=2)
+        super().__init__(formula, design, family, resolved, priors)
 
     @property
     def init_arguments(self) -> dict:
@@ -318,7 +322,8 @@ class Lmer(Model):
                 display_table(self.coefs.drop(columns=["ESS_tail"])),
             )
         )
-        return SummaryParts(self._header(), tables, diagnostics=list(self.warnings))
+        notes = [f"Note: {note}" for note in summaries.boundary_notes(self.design, self.posterior)]
+        return SummaryParts(self._header(), tables, diagnostics=list(self.warnings), footer=notes)
 
     def __repr__(self) -> str:
         groups = ", ".join(f"{factor}: {count}" for factor, count in self.grps.items())

@@ -233,3 +233,25 @@ def _apply_eta(eta: dict, key: str, value: float, design: "Design") -> None:
         raise PriorError(f"prior key {key!r}: factor {factor!r} has no block with correlations")
     for block in blocks:
         eta[block] = float(value)
+
+
+#: Grouping factors with fewer levels than this get a :class:`~bayeslmm.errors.PriorSensitivityWarning`.
+FEW_LEVELS = 5
+
+
+def few_levels_warnings(design: "Design", priors: ModelPriors) -> list[str]:
+    """Messages for grouping factors with fewer than :data:`FEW_LEVELS` levels (what the prior does there)."""
+    messages = []
+    for factor, levels in design.factors.items():
+        if len(levels) >= FEW_LEVELS:
+            continue
+        block = design.blocks_of(factor)[0]
+        prior = priors.group_sd[block.name][block.terms[0]]
+        messages.append(
+            f"grouping factor {factor!r} has only {len(levels)} levels: the SD of its effects is estimated from "
+            f"{len(levels)} group deviations, so its posterior follows its prior ({prior!r}) closely, and that prior "
+            f"widens or narrows the intervals of the fixed effects that the groups inform. Set a prior that says "
+            f"which SDs are plausible, e.g. priors={{'1|{factor}': Prior('HalfNormal', sigma=...)}}, or model "
+            f"{factor!r} as a fixed effect (see the priors page of the docs)"
+        )
+    return messages
