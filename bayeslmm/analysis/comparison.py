@@ -578,7 +578,7 @@ def r2(model: "Lmer", prob: float = 0.95) -> pd.DataFrame:
     values = np.empty((total, 2))
     for start in range(0, total, _DRAW_CHUNK):
         part = slice(start, min(start + _DRAW_CHUNK, total))
-        values[part, 0] = _r2_draws(design.y, family.inverse_link(beta[part] @ design.X.T))
+        values[part, 0] = _r2_draws(design.y, family.inverse_link(design.linear_predictor(beta[part])))
         values[part, 1] = _r2_draws(design.y, family.inverse_link(posterior_eval.linear_predictor(design, posterior, part)))
     index = pd.Index(["marginal", "conditional"], name="R2")
     table = summaries.summarize(values.reshape(chains, draws, 2), index, prob=prob, diagnostics=False)

@@ -298,7 +298,7 @@ def _parametric_bootstrap(reference: FrequentistResult, n_boot: int, random_seed
     design = reference.design
     rng = np.random.default_rng(random_seed)
     factors = [design.random.relative_factor(reference.theta, j) for j in range(len(design.blocks))]
-    mean = design.X @ reference.beta
+    mean = design.linear_predictor(reference.beta)
     replicates, not_converged = [], 0
     bar = Progress(n_boot, "Parametric bootstrap", "fits", enabled=resolve_progressbar(None))
     for replicate in range(n_boot):

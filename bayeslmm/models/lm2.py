@@ -177,8 +177,11 @@ class Lm2(FittedModel):
     def _pointwise_log_likelihood(self, posterior: xr.Dataset) -> np.ndarray:
         beta = summaries.stack_draws(posterior, "beta")  # (chain, draw, G, p)
         sigma = summaries.stack_draws(posterior, "sigma")  # (chain, draw, G)
-        mu = np.einsum("cdnp,np->cdn", beta[:, :, self._codes, :], self.design.X)
-        return self.family.log_likelihood(self.design.y, mu, {"sigma": sigma[:, :, self._codes]})
+        chains, draws, groups, p = beta.shape
+        mu = self.grouped_design.linear_predictor(np.zeros(p), [beta.reshape(-1, groups, p)])
+        return self.family.log_likelihood(
+            self.design.y, mu.reshape(chains, draws, -1), {"sigma": sigma[:, :, self._codes]}
+        )
 
     # ------------------------------------------------------------------------------------ results
     @cached_property
@@ -239,7 +242,7 @@ class Lm2(FittedModel):
         """A copy of the rows used, with ``fits`` (posterior mean of ``X beta[g]``) and ``residuals``."""
         self._require_fit("data")
         frame = self.design.data.copy()
-        frame["fits"] = np.sum(self.design.X * self.fixef.to_numpy()[self._codes], axis=1)
+        frame["fits"] = self.grouped_design.linear_predictor(np.zeros(self.fixef.shape[1]), [self.fixef.to_numpy()])
         frame["residuals"] = self.design.y - frame["fits"].to_numpy()
         return frame
 
