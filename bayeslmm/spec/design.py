@@ -380,11 +380,11 @@ def _columns_used(formula: ParsedFormula, frame: pd.DataFrame) -> list[str]:
     import formulae
 
     names: set[str] = set()
-    expressions = [formula.fixed] if formula.binomial is not None else [f"{formula.response} ~ {formula.fixed}"]
-    expressions += [term.expr for term in formula.random]
+    parts = [formula.fixed] if formula.binomial is not None else [f"{formula.response} ~ {formula.fixed}"]
+    parts += [term.expr for term in formula.random]
     for expression in list(formula.binomial or ()) + list(formula.offsets):
         names |= expressions.columns(expression)
-    for expression in expressions:
+    for expression in parts:
         try:
             names |= formulae.model_description(expression).var_names
         except Exception as exc:  # formulae raises several unrelated types for bad syntax
@@ -449,7 +449,7 @@ def _drop_incomplete(
 
     Returns the rows kept, how many were dropped, and the boolean mask of kept rows.
     """
-    complete = frame[columns].notna().all(axis=1).to_numpy()
+    complete = frame[columns].notna().all(axis=1).to_numpy().copy()  # pandas 3 hands out read-only arrays
     for values in (extra or {}).values():
         complete &= ~np.isnan(values)
     columns = columns + list(extra or {})
