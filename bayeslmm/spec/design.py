@@ -191,7 +191,7 @@ def to_pandas(data: Any) -> pd.DataFrame:
     )
 
 
-def build_design(formula: ParsedFormula, data: Any, family: Any = None) -> Design:
+def build_design(formula: ParsedFormula, data: Any, family: Any = None, namespace: dict | None = None) -> Design:
     """Evaluate ``formula`` on ``data``.
 
     Parameters
@@ -202,6 +202,9 @@ def build_design(formula: ParsedFormula, data: Any, family: Any = None) -> Desig
         Not modified.
     family : Family, optional
         Validates and encodes the response (default: gaussian).
+    namespace : dict, optional
+        Objects the formula's expressions refer to by name besides the data's columns (the factor
+        codings of :func:`bayeslmm.spec.contrasts.apply_codings`, in ``C(x, name)``).
 
     Returns
     -------
@@ -222,10 +225,10 @@ def build_design(formula: ParsedFormula, data: Any, family: Any = None) -> Desig
     if len(frame) == 0:
         raise DataError("data has no rows; a mixed model needs observations to fit")
 
-    used = _columns_used(formula, frame)
+    used = _columns_used(formula, frame, namespace)
     frame, n_dropped = _drop_incomplete(frame, used)
 
-    fixed_matrices = _evaluate(f"{formula.response} ~ {formula.fixed}", frame, "fixed part")
+    fixed_matrices = _evaluate(f"{formula.response} ~ {formula.fixed}", frame, "fixed part", namespace)
     raw_response = np.asarray(fixed_matrices.response.design_matrix)
     y = family.encode_response(raw_response, frame, formula.response)
     if fixed_matrices.common is None:
@@ -236,7 +239,7 @@ def build_design(formula: ParsedFormula, data: Any, family: Any = None) -> Desig
     _check_finite(X, "fixed-effects predictors")
     fixed = FixedEffects(X=X, terms=terms, evaluator=evaluator)
 
-    random = RandomEffects(_build_blocks(formula.random, frame))
+    random = RandomEffects(_build_blocks(formula.random, frame, namespace))
     if not family.allows_one_group_per_row:
         for block in random.blocks:
             if block.n_levels >= len(y):
@@ -248,8 +251,8 @@ def build_design(formula: ParsedFormula, data: Any, family: Any = None) -> Desig
     return Design(formula=formula, y=y, fixed=fixed, random=random, data=frame, n_dropped=n_dropped)
 
 
-def _columns_used(formula: ParsedFormula, frame: pd.DataFrame) -> list[str]:
-    """Columns named anywhere in the formula; raise DataError for unknown ones."""
+def _columns_used(formula: ParsedFormula, frame: pd.DataFrame, namespace: dict | None = None) -> list[str]:
+    """Columns named anywhere in the formula (not the names of ``namespace``); raise DataError for unknown ones."""
     import formulae
 
     names: set[str] = set()
@@ -262,6 +265,7 @@ def _columns_used(formula: ParsedFormula, frame: pd.DataFrame) -> list[str]:
     for term in formula.random:
         names |= set(term.factor.split(":"))
     names.discard("")  # formulae lists an empty name for literal-only pieces such as I(x**2)
+    names -= set(namespace or ())
     unknown = sorted(name for name in names if name not in frame.columns)
     if unknown:
         hints = []
@@ -293,13 +297,13 @@ def _drop_incomplete(frame: pd.DataFrame, columns: list[str]) -> tuple[pd.DataFr
     return frame, n_dropped
 
 
-def _evaluate(expression: str, frame: pd.DataFrame, what: str):
+def _evaluate(expression: str, frame: pd.DataFrame, what: str, namespace: dict | None = None):
     import formulae
 
     try:
         # log(0) and the like become -inf here; the finiteness checks afterwards report them clearly
         with np.errstate(all="ignore"):
-            return formulae.design_matrices(expression, frame, na_action="error")
+            return formulae.design_matrices(expression, frame, na_action="error", extra_namespace=namespace)
     except (DataError, FormulaError):
         raise
     except Exception as exc:
@@ -319,11 +323,15 @@ def _check_finite(matrix: np.ndarray, what: str) -> None:
         )
 
 
-def _build_blocks(terms: tuple[RandomTerm, ...], frame: pd.DataFrame) -> tuple[RandomBlock, ...]:
+def _build_blocks(
+    terms: tuple[RandomTerm, ...], frame: pd.DataFrame, namespace: dict | None = None
+) -> tuple[RandomBlock, ...]:
     blocks: list[RandomBlock] = []
     seen: dict[str, int] = {}
     for term in terms:
-        matrices = _evaluate(term.expr, frame, f"random-effects expression of '({term.expr} | {term.factor})'")
+        matrices = _evaluate(
+            term.expr, frame, f"random-effects expression of '({term.expr} | {term.factor})'", namespace
+        )
         if matrices.common is None:
             raise UnsupportedSyntaxError(f"random-effects expression {term.expr!r} has no columns")
         Z = np.asarray(matrices.common.design_matrix, dtype=float)
