@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.errors import DataError, FormulaError
+from bayeslmm.spec.design import build_design, to_pandas
 from bayeslmm.spec.formula import ParsedFormula, RandomTerm
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "apply_codings",
     "display_name",
     "rename_design_terms",
+    "build_coded_design",
 ]
 
 _PREFIX = "bayeslmm_code_"
@@ -335,6 +337,24 @@ def apply_codings(
         random=tuple(RandomTerm(expr=rewrite(term.expr), factor=term.factor) for term in formula.random),
     )
     return rewritten, namespace
+
+
+def build_coded_design(
+    formula: ParsedFormula, data: Any, family: Any = None, factors: dict | None = None, ordered: bool = False
+):
+    """:func:`bayeslmm.spec.design.build_design` with the factor codings of ``factors``/``ordered`` and of
+    ``C(x, levels=[...])`` in the formula, coefficient names shown as ``x[level]``.
+
+    Raises
+    ------
+    TypeError, ValueError, DataError, FormulaError
+        As :func:`codings_from_factors`, :func:`apply_codings` and ``build_design``.
+    """
+    frame = to_pandas(data)
+    codings = codings_from_factors(factors, ordered, frame)
+    rewritten, namespace = apply_codings(formula, frame, codings)
+    design = build_design(rewritten, frame, family, namespace=namespace or None)
+    return rename_design_terms(design) if namespace else design
 
 
 def display_name(label: str) -> str:

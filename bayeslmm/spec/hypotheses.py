@@ -47,7 +47,9 @@ __all__ = [
     "FixedTerm",
     "fixed_structure",
     "factor_levels",
+    "sum_coded",
     "type3_hypotheses",
+    "without_term",
     "reference_grid",
     "MarginalMeans",
     "marginal_means",
@@ -152,6 +154,49 @@ def factor_levels(design: Design) -> dict[str, tuple]:
     return out
 
 
+def sum_coded(design: Design, family=None) -> tuple[Design, np.ndarray]:
+    """The fixed part evaluated again with every factor sum-to-zero coded (R's ``contr.sum``).
+
+    Parameters
+    ----------
+    design : Design
+    family : Family, optional
+        The model's family, to rebuild the design (default: gaussian).
+
+    Returns
+    -------
+    summed : Design
+        Same rows and terms, no random effects; ``X_s`` spans the same column space as ``X``.
+    B : ndarray, shape (p, p)
+        ``beta_s = B beta``: the coefficients of ``X_s`` that give the same fit (``X_s B = X``).
+
+    Raises
+    ------
+    DataError
+        The sum-coded design does not span the model's column space (should not happen for a
+        full-rank design).
+    """
+    terms = fixed_structure(design)
+    codings = {
+        column: contrasts.sum_coding(column, list(levels)) for column, levels in factor_levels(design).items()
+    }
+    pieces = [":".join(part.column if part.categorical else part.expression for part in term.components) for term in terms]
+    intercept = "1" if INTERCEPT in design.fixed_terms else "0"
+    parsed = replace(design.formula, fixed=" + ".join([intercept] + pieces), random=())
+    rewritten, namespace = contrasts.apply_codings(parsed, design.data, codings)
+    summed = build_design(rewritten, design.data, family, namespace=namespace)
+    if summed.X.shape != design.X.shape:
+        raise DataError(
+            f"the sum-coded fixed part has {summed.X.shape[1]} columns but the model has {design.X.shape[1]}; "
+            "Type III hypotheses need the formula's terms to be coded the same way under any contrasts"
+        )
+    B, *_ = np.linalg.lstsq(summed.X, design.X, rcond=None)
+    scale = max(float(np.abs(design.X).max()), 1.0)
+    if float(np.abs(summed.X @ B - design.X).max()) > 1e-8 * scale * design.X.shape[0]:
+        raise DataError("the sum-coded fixed part does not span the model's columns; Type III tests are undefined")
+    return summed, B
+
+
 def type3_hypotheses(design: Design, family=None) -> dict[str, np.ndarray]:
     """Type III hypothesis matrices of the fixed terms (see the module docstring).
 
@@ -166,39 +211,40 @@ def type3_hypotheses(design: Design, family=None) -> dict[str, np.ndarray]:
     dict of str to ndarray
         For each term label, ``L`` with shape (q, p): the hypothesis is ``L beta = 0``; ``q`` is the
         number of the term's columns.
-
-    Raises
-    ------
-    DataError
-        The sum-coded design does not span the model's column space (should not happen for a
-        full-rank design).
     """
     terms = fixed_structure(design)
     if not terms:
         return {}
-    codings = {
-        column: contrasts.sum_coding(column, list(levels)) for column, levels in factor_levels(design).items()
-    }
-    pieces = [":".join(part.column if part.categorical else part.expression for part in term.components) for term in terms]
-    intercept = "1" if INTERCEPT in design.fixed_terms else "0"
-    fixed = " + ".join([intercept] + pieces)
-    parsed = replace(design.formula, fixed=fixed, random=())
-    rewritten, namespace = contrasts.apply_codings(parsed, design.data, codings)
-    summed = build_design(rewritten, design.data, family, namespace=namespace)
-    if summed.X.shape != design.X.shape:
-        raise DataError(
-            f"the sum-coded fixed part has {summed.X.shape[1]} columns but the model has {design.X.shape[1]}; "
-            "Type III hypotheses need the formula's terms to be coded the same way under any contrasts"
-        )
-    B, *_ = np.linalg.lstsq(summed.X, design.X, rcond=None)
-    scale = max(float(np.abs(design.X).max()), 1.0)
-    if float(np.abs(summed.X @ B - design.X).max()) > 1e-8 * scale * design.X.shape[0]:
-        raise DataError("the sum-coded fixed part does not span the model's columns; Type III tests are undefined")
-    summed_terms = fixed_structure(summed)
-    return {term.label: B[other.columns] for term, other in zip(terms, summed_terms)}
+    summed, B = sum_coded(design, family)
+    return {term.label: B[other.columns] for term, other in zip(terms, fixed_structure(summed))}
 
 
-def reference_grid(design: Design) -> tuple[pd.DataFrame, np.ndarray]:
+def without_term(design: Design, term: str, family=None) -> Design:
+    """The model without one fixed term under its Type III hypothesis: the sum-coded fixed part minus
+    the term's columns (random part unchanged).
+
+    The result's fixed columns are named as formulae names the sum-coded ones; it cannot be evaluated
+    on new data.
+
+    Raises
+    ------
+    DataError
+        ``term`` is not a fixed term of the model.
+    """
+    terms = fixed_structure(design)
+    labels = [t.label for t in terms]
+    if term not in labels:
+        raise DataError(f"{term!r} is not a fixed term; terms: {labels}")
+    summed, _ = sum_coded(design, family)
+    drop = fixed_structure(summed)[labels.index(term)].columns
+    keep = np.setdiff1d(np.arange(summed.X.shape[1]), drop)
+    fixed = replace(
+        summed.fixed, X=summed.X[:, keep], terms=tuple(summed.fixed_terms[i] for i in keep), evaluator=None
+    )
+    return replace(design, fixed=fixed)
+
+
+def reference_grid(design: Design) -> tuple[pd.DataFrame, np.ndarray, dict[str, float]]:
     """emmeans' reference grid: every combination of factor levels, numeric predictors at their means.
 
     Returns
@@ -208,6 +254,8 @@ def reference_grid(design: Design) -> tuple[pd.DataFrame, np.ndarray]:
         varying fastest (emmeans' order).
     X : ndarray, shape (len(grid), p)
         The fixed-effects rows of the grid.
+    covariates : dict of str to float
+        The numeric columns of the fixed part and the means they are held at.
     """
     levels = factor_levels(design)
     data = design.data
@@ -217,10 +265,11 @@ def reference_grid(design: Design) -> tuple[pd.DataFrame, np.ndarray]:
     for column in levels:
         frame[column] = _like(data[column], grid[column].tolist())
     numeric = {c for term in fixed_structure(design) for part in term.components if not part.categorical for c in part.columns}
-    for column in sorted(numeric - set(levels)):
-        frame[column] = float(data[column].mean())
+    covariates = {column: float(data[column].mean()) for column in sorted(numeric - set(levels))}
+    for column, value in covariates.items():
+        frame[column] = value
     X = design.fixed.evaluate(frame).X
-    return grid, X
+    return grid, X, covariates
 
 
 def _like(template: pd.Series, values: list) -> pd.Series:
@@ -246,6 +295,10 @@ class MarginalMeans:
         The number of means compared in the contrast's ``by`` group (the Tukey family).
     group : ndarray of int, shape (len(contrasts),)
         Which ``by`` group each contrast belongs to (for p-value adjustments within groups).
+    averaged_over : tuple of str
+        The factors averaged over with equal weights.
+    covariates : dict of str to float
+        Numeric predictors and the means they are held at.
     """
 
     means: pd.DataFrame
@@ -254,6 +307,8 @@ class MarginalMeans:
     C: np.ndarray
     family_size: np.ndarray
     group: np.ndarray
+    averaged_over: tuple[str, ...] = ()
+    covariates: dict = None
 
 
 def marginal_means(design: Design, specs: list[str], by: list[str] | None = None) -> MarginalMeans:
@@ -278,7 +333,7 @@ def marginal_means(design: Design, specs: list[str], by: list[str] | None = None
         raise DataError(f"{sorted(set(specs) & set(by))} appear both as marginal and as grouping variables")
     if not specs:
         raise DataError("name at least one factor whose marginal means to compute")
-    grid, X = reference_grid(design)
+    grid, X, covariates = reference_grid(design)
     keys = {column: grid[column].map(str).to_numpy() for column in specs + by}
     mean_rows, L, contrast_rows, C, family, group = [], [], [], [], [], []
     by_combos = list(itertools.product(*[levels[c] for c in by])) if by else [()]
@@ -309,4 +364,6 @@ def marginal_means(design: Design, specs: list[str], by: list[str] | None = None
         C=np.array(C).reshape(-1, p),
         family_size=np.array(family, dtype=int),
         group=np.array(group, dtype=int),
+        averaged_over=tuple(c for c in levels if c not in specs + by),
+        covariates=covariates,
     )
