@@ -31,6 +31,7 @@ from bayeslmm.engines.posterior_names import var_names
 from bayeslmm.errors import DataError
 from bayeslmm.results import posterior as posterior_eval
 from bayeslmm.results.summaries import interval_columns, stack_draws
+from bayeslmm.spec.contrasts import display_name
 from bayeslmm.spec.design import Design, to_pandas
 from bayeslmm.spec.random_effects import UNSEEN
 from bayeslmm.spec.random_effects import _factor_labels as factor_labels  # the one definition of a row's level
@@ -95,8 +96,20 @@ def new_rows(design: Design, data: Any, use_rfx: bool = True, unseen: str = "pop
                 f"the new data lacks the grouping column(s) {missing}: predictions with group effects "
                 "(use_rfx=True) need them; pass use_rfx=False for population-level predictions"
             )
-    new = design.evaluate(frame)
+    try:
+        new = design.evaluate(frame)
+    except DataError as error:  # name coded columns as the user wrote them
+        raise DataError(display_name(str(error))) from None
     levels = new.random.unseen_levels(new.data) if use_rfx and new.blocks else {}
+    for factor, values in levels.items():
+        fitted = {str(level): level for level in design.factors[factor]}
+        lookalikes = [value for value in values if str(value) in fitted]
+        if lookalikes:
+            raise DataError(
+                f"grouping factor {factor!r}: the new level(s) {lookalikes[:5]} match fitted levels only as text "
+                f"(the model was fitted to {type(fitted[str(lookalikes[0])]).__name__} values such as "
+                f"{fitted[str(lookalikes[0])]!r}); give the column the type it had in the fit"
+            )
     if levels and unseen == "error":
         listed = "; ".join(f"{factor}: {values}" for factor, values in levels.items())
         raise DataError(
