@@ -79,6 +79,10 @@ def test_bad_new_data_is_refused_clearly(sleep_corr):
         sleep_corr.predict(NEW[["Subject"]])
     with pytest.raises(DataError, match=r"\['308'\] match fitted levels only as text.*int"):
         sleep_corr.predict(pd.DataFrame({"Days": [1], "Subject": ["308"]}))
+    with pytest.raises(DataError, match=r"missing values in \['Days'\] \(rows \[0\]\)"):
+        sleep_corr.predict(pd.DataFrame({"Days": [np.nan, 1.0], "Subject": [308, 308]}))
+    with pytest.raises(DataError, match=r"missing values in \['Subject'\]"):
+        sleep_corr.predict(pd.DataFrame({"Days": [1.0, 1.0], "Subject": [308, None]}))
     with pytest.raises(ValueError, match="unseen must be one of"):
         sleep_corr.predict(NEW, unseen="zero")
     original = NEW.copy()

@@ -81,8 +81,9 @@ def new_rows(design: Design, data: Any, use_rfx: bool = True, unseen: str = "pop
     ValueError
         ``unseen`` is not one of :data:`UNSEEN_CHOICES`.
     DataError
-        ``data`` lacks a predictor, a grouping column (with ``use_rfx``) or has a categorical level the
-        model was not fitted to; or ``unseen="error"`` and a grouping factor has a new level.
+        ``data`` lacks a predictor, a grouping column (with ``use_rfx``), has missing values in one, or
+        a categorical level the model was not fitted to; or ``unseen="error"`` and a grouping factor
+        has a new level.
     """
     if unseen not in UNSEEN_CHOICES:
         raise ValueError(f"unseen must be one of {UNSEEN_CHOICES}, got {unseen!r}")
@@ -96,6 +97,16 @@ def new_rows(design: Design, data: Any, use_rfx: bool = True, unseen: str = "pop
                 f"the new data lacks the grouping column(s) {missing}: predictions with group effects "
                 "(use_rfx=True) need them; pass use_rfx=False for population-level predictions"
             )
+    used = [c for c in design.predictor_columns() if c in frame.columns]
+    if use_rfx:
+        used += [c for factor in design.factors for c in factor.split(":")]
+    incomplete = [c for c in dict.fromkeys(used) if frame[c].isna().any()]
+    if incomplete:
+        rows = frame.index[frame[incomplete].isna().any(axis=1)]
+        raise DataError(
+            f"the new data has missing values in {incomplete} (rows {list(rows[:5])}"
+            f"{' ...' if len(rows) > 5 else ''}); drop or fill those rows before predicting"
+        )
     try:
         new = design.evaluate(frame)
     except DataError as error:  # name coded columns as the user wrote them
