@@ -30,5 +30,7 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; 
     .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" >&2 || true
     .venv/bin/python -m pip install --quiet -e ".[test]" 2>&1 | grep -v "is ignored" >&2 || true
     .venv/bin/python -c "import bayeslmm" || { echo "installation of bayeslmm failed" >&2; exit 1; }
+    # compile the samplers' numba kernels now (about 20 s), so that no fit waits for it
+    .venv/bin/python -m bayeslmm compile >&2 || { echo "compiling bayeslmm's kernels failed" >&2; exit 1; }
     echo "$wanted" > "$stamp"
 fi

@@ -57,7 +57,8 @@ ERRORS = {
     "unreadable csv": (["fit", INTERCEPTS, "garbage.csv"], "cannot read 'garbage.csv' as CSV"),
     "bad formula": (["fit", "Reaction ~ Days + (1 | Subject", "sleep.csv"], "unbalanced parentheses"),
     "unknown column": (["fit", "Reaction ~ Dayz + (1 | Subject)", "sleep.csv"], "did you mean 'Days'?"),
-    "unknown family": (["fit", INTERCEPTS, "sleep.csv", "--family", "poisson"], "'poisson'"),
+    "unknown family": (["fit", INTERCEPTS, "sleep.csv", "--family", "weibull"], "'weibull'"),
+    "counts that are not counts": (["fit", INTERCEPTS, "sleep.csv", "--family", "poisson"], "whole numbers"),
     "missing result": (["summary", "nothing.zarr"], "no saved result at 'nothing.zarr'"),
     "not a result": (["summary", "sleep.csv"], "must end in .zarr"),
     "bad save path": (["fit", INTERCEPTS, "sleep.csv", "--save", "out.pkl"], "must end in .zarr"),
@@ -171,3 +172,9 @@ def test_unexpected_failures_exit_1(workdir, monkeypatch, capsys):
     code = cli.main(["fit", INTERCEPTS, str(workdir / "sleep.csv")])
     assert code == 1
     assert capsys.readouterr().err == "bayeslmm: error: RuntimeError: sampler exploded\n"
+
+
+def test_compile_command_reports_each_engine(capsys):
+    assert cli.main(["compile"]) == 0
+    out = capsys.readouterr().out
+    assert "collapsed Gaussian sampler:" in out and " s" in out

@@ -254,7 +254,7 @@ def test_log_likelihood_computed_on_demand(fits):
 def test_loo_warns_with_count_and_remedy(fits):
     with pytest.warns(ParetoKWarning, match=r"unreliable for \d+ observations? of .*reloo=True.*kfold"):
         result = loo(fits[SLOPES])
-    assert comparison.n_high_k(result) >= 1
+    assert comparison._n_high_k(result) >= 1
 
 
 def test_waic_is_close_to_loo(fits):

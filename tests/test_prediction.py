@@ -7,13 +7,14 @@ Identities are exact (posterior means are linear in the draws); the REML predict
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from bayeslmm import DataError, Lm, Lmer, NotFittedError
+from bayeslmm import DataError, Lm, Lmer, NotFittedError, load_dataset
 
 REFERENCE = json.loads((Path(__file__).parent / "reference" / "lmer_extra.json").read_text())["predict_sleepstudy"]
 # lme4's new data, with the subject ids of bayeslmm's sleepstudy (integers); "new1" is a new subject
@@ -156,3 +157,28 @@ def test_lm_predicts_and_needs_a_fit(sleep):
     coefs = model.coefs["Estimate"]
     np.testing.assert_allclose(table["Estimate"], coefs["(Intercept)"] + coefs["Days"] * NEW["Days"], rtol=1e-10)
     assert model.simulate(3, random_seed=1).shape == (180, 3)
+
+
+def test_every_family_predicts_simulates_and_compares():
+    """A Poisson GLMM: predictions on both scales, count simulations, posterior-only ANOVA and post-hoc."""
+    cbpp = load_dataset("cbpp")
+    model = Lmer("incidence ~ period + (1 | herd)", cbpp, family="poisson")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(draws=200, tune=300, chains=2, random_seed=4, progressbar=False)
+    rows = cbpp.head(4)
+    link, eta = model.predict(rows, pred_type="link", return_draws=True)
+    response, mu = model.predict(rows, return_draws=True, predictive=False)
+    np.testing.assert_allclose(mu, np.exp(eta))  # the inverse link, draw by draw
+    np.testing.assert_allclose(response["Estimate"], np.exp(eta).mean(axis=0))
+    assert (response["Estimate"] > np.exp(link["Estimate"])).all()  # Jensen: E exp(eta) > exp(E eta)
+    predictive = model.predict(rows, predictive=True, random_seed=1)
+    assert (predictive["2.5_pi"] == np.floor(predictive["2.5_pi"])).all() and (predictive["2.5_pi"] >= 0).all()
+    sims = model.simulate(5, random_seed=1)
+    assert ((sims.to_numpy() >= 0) & (sims.to_numpy() == np.round(sims.to_numpy()))).all()
+    table = model.anova(elpd=False)
+    assert list(table.columns) == ["pd"] and "No F tests" in repr(table)
+    means, contrasts = model.post_hoc("period")
+    assert "freq_Estimate" not in means.columns and "On the link scale (log)" in repr(means)
+    # period 1 (the reference) against the others: the contrast is minus the coefficient, draw by draw
+    np.testing.assert_allclose(contrasts["Estimate"].iloc[0], -model.coefs.loc["period[2]", "Estimate"], rtol=1e-10)

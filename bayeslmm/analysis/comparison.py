@@ -45,6 +45,9 @@ from arviz_stats.utils import ELPDData
 from scipy.special import logsumexp
 
 from bayeslmm.engines import collapsed
+from bayeslmm.engines.posterior_names import var_names
+from bayeslmm.engines.progress import Progress
+from bayeslmm.engines.sampling import resolve_progressbar
 from bayeslmm.errors import (
     ConvergenceWarning,
     DataError,
@@ -197,8 +200,8 @@ def loo(
     """
     _require_fitted(model, "loo")
     result = _model_loo(model, reloo, random_seed, sampler_options)
-    if warn and n_high_k(result):
-        warnings.warn(_high_k_message({model.formula: n_high_k(result)}, call="loo"), ParetoKWarning, stacklevel=2)
+    if warn and _n_high_k(result):
+        warnings.warn(_high_k_message({model.formula: _n_high_k(result)}, call="loo"), ParetoKWarning, stacklevel=2)
     return result
 
 
@@ -211,6 +214,10 @@ def _psis_loo(tree: xr.DataTree) -> Any:
 
 def n_high_k(result: Any) -> int:
     """Number of observations whose Pareto k exceeds :data:`K_THRESHOLD` in a PSIS-LOO result (0 for K-fold)."""
+    return _n_high_k(result)
+
+
+def _n_high_k(result: Any) -> int:
     if getattr(result, "pareto_k", None) is None:
         return 0
     return int(np.sum(np.asarray(result.pareto_k) > K_THRESHOLD))
@@ -326,7 +333,6 @@ class _Refitter:
         if not self.collapsed:
             import nutpie
 
-            from bayeslmm.engines.posterior_names import var_names
             from bayeslmm.engines.pymc_model import build_model
 
             keep = ["beta", *model.family.aux] + [var_names(block)["ranef"] for block in model.design.blocks]
@@ -378,6 +384,9 @@ class _RefitWrapper(SamplingWrapper):
     Records the seconds and divergences of every refit.
     """
 
+    #: bayeslmm's progress bar over the refits (set by the caller that knows how many there are).
+    progress: Progress | None = None
+
     def __init__(self, model: "Lmer", tree: xr.DataTree, random_seed: int | None, **settings: Any) -> None:
         super().__init__(model=None, idata_orig=tree)
         self.lmer = model
@@ -401,6 +410,8 @@ class _RefitWrapper(SamplingWrapper):
             modified_observed_data, seed=seed, **self.settings, **self.options
         )
         self.seconds.append(seconds)
+        if self.progress is not None:
+            self.progress.update(len(self.seconds))
         self.divergences.append(divergences)
         return posterior
 
@@ -431,7 +442,9 @@ def _reloo(model: "Lmer", result: Any, **settings: Any) -> Any:
     """PSIS-LOO with the flagged observations replaced by exact leave-one-out refits (ArviZ ``reloo``)."""
     tree = _loo_tree(model)
     wrapper = _RefitWrapper(model, tree, settings.pop("random_seed", None), **settings)
-    refitted = az.reloo(wrapper, loo_orig=result, var_name="y", k_threshold=K_THRESHOLD, pointwise=True)
+    with Progress(_n_high_k(result), "Exact leave-one-out refits", "fits", enabled=resolve_progressbar(None)) as bar:
+        wrapper.progress = bar
+        refitted = az.reloo(wrapper, loo_orig=result, var_name="y", k_threshold=K_THRESHOLD, pointwise=True)
     refitted.refit_seconds = list(wrapper.seconds)
     refitted.compile_seconds = wrapper.refitter.compile_seconds
     wrapper.warn_divergences("leave-one-out")
@@ -512,7 +525,10 @@ def _kfold(model: "Lmer", folds: np.ndarray, random_seed: int | None, **settings
     """K-fold cross-validation with given folds (ArviZ ``loo_kfold`` on the compiled weighted model)."""
     tree = _loo_tree(model)
     wrapper = _RefitWrapper(model, tree, random_seed, **settings)
-    result = az.loo_kfold(tree, wrapper, pointwise=True, var_name="y", folds=folds)
+    n_folds = len(np.unique(folds))
+    with Progress(n_folds, f"{n_folds}-fold cross-validation", "fits", enabled=resolve_progressbar(None)) as bar:
+        wrapper.progress = bar
+        result = az.loo_kfold(tree, wrapper, pointwise=True, var_name="y", folds=folds)
     result.compile_seconds = wrapper.refitter.compile_seconds
     result.fold_seconds = list(wrapper.seconds)
     wrapper.warn_divergences("K-fold")
@@ -572,7 +588,7 @@ def r2(model: "Lmer", prob: float = 0.95) -> pd.DataFrame:
     values = np.empty((total, 2))
     for start in range(0, total, _DRAW_CHUNK):
         part = slice(start, min(start + _DRAW_CHUNK, total))
-        values[part, 0] = _r2_draws(design.y, family.inverse_link(beta[part] @ design.X.T))
+        values[part, 0] = _r2_draws(design.y, family.inverse_link(design.linear_predictor(beta[part])))
         values[part, 1] = _r2_draws(design.y, family.inverse_link(posterior_eval.linear_predictor(design, posterior, part)))
     index = pd.Index(["marginal", "conditional"], name="R2")
     table = summaries.summarize(values.reshape(chains, draws, 2), index, prob=prob, diagnostics=False)
@@ -686,7 +702,7 @@ def lrt(
     else:
         criterion = "reloo" if reloo else "loo"
         elpds = [_model_loo(m, reloo, random_seed, sampler_options) for m in models]
-    counts = {m.formula: n_high_k(e) for m, e in zip(models, elpds)}
+    counts = {m.formula: _n_high_k(e) for m, e in zip(models, elpds)}
     notes = []
     if criterion != "kfold" and any(counts.values()):
         message = _high_k_message(counts, call="lrt")
@@ -705,7 +721,7 @@ def compare(*models: "Lmer", **options: Any) -> "ModelComparison":
 
 def _model_loo(model: "Lmer", reloo: bool, random_seed: int | None, sampler_options: dict) -> Any:
     result = _psis_loo(_loo_tree(model))
-    if reloo and n_high_k(result):
+    if reloo and _n_high_k(result):
         result = _reloo(model, result, random_seed=random_seed, **sampler_options)
     return result
 
@@ -741,7 +757,7 @@ def _comparison_table(models: list["Lmer"], labels: list[str], elpds: list, crit
             "SE_diff": arviz_table.loc[labels, "dse"].to_numpy(dtype=float),
             "weight": arviz_table.loc[labels, "weight"].to_numpy(dtype=float),
             "n_high_k": pd.array(
-                [pd.NA if criterion == "kfold" else n_high_k(e) for e in elpds], dtype="Int64"
+                [pd.NA if criterion == "kfold" else _n_high_k(e) for e in elpds], dtype="Int64"
             ),
         },
         index=pd.Index(labels, name="model"),
@@ -884,7 +900,13 @@ class ModelComparison(pd.DataFrame):
                 "the other way round: with many observations tiny effects are significant yet predict no better, and "
                 "P-vals of variance parameters (tested at their boundary, 0) are conservative.",
             ]
-        return lines + [f"Warning: {note}" for note in self.notes]
+        if self.criterion != "kfold" and self["n_high_k"].fillna(0).sum():
+            # the full advice is in the ParetoKWarning (and in .notes); the table only points to it
+            lines.append(
+                f"k>{K_THRESHOLD}: observations whose PSIS-LOO estimate is unreliable; lrt(..., reloo=True) "
+                "or lrt(..., kfold=10) replaces it (see the warning)"
+            )
+        return lines
 
     def summary_parts(self) -> SummaryParts:
         """The printed form as :class:`~bayeslmm.results.report.SummaryParts`: title, models, table, how to read it."""

@@ -22,6 +22,8 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.engines import least_squares
+from bayeslmm.engines.progress import Progress
+from bayeslmm.engines.sampling import resolve_progressbar
 from bayeslmm.errors import BayeslmmError, ConvergenceWarning, DataError, NotFittedError
 from bayeslmm.results import summaries
 from bayeslmm.results.frequentist import FrequentistResult, fit_frequentist
@@ -296,9 +298,11 @@ def _parametric_bootstrap(reference: FrequentistResult, n_boot: int, random_seed
     design = reference.design
     rng = np.random.default_rng(random_seed)
     factors = [design.random.relative_factor(reference.theta, j) for j in range(len(design.blocks))]
-    mean = design.X @ reference.beta
+    mean = design.linear_predictor(reference.beta)
     replicates, not_converged = [], 0
-    for _ in range(n_boot):
+    bar = Progress(n_boot, "Parametric bootstrap", "fits", enabled=resolve_progressbar(None))
+    for replicate in range(n_boot):
+        bar.update(replicate)
         y = mean + reference.sigma * rng.standard_normal(design.n_obs)
         for block, factor in zip(design.blocks, factors):
             b = rng.standard_normal((block.n_levels, block.n_terms)) @ (reference.sigma * factor).T
@@ -312,6 +316,8 @@ def _parametric_bootstrap(reference: FrequentistResult, n_boot: int, random_seed
                 continue
         not_converged += not refit.converged
         replicates.append(_variance_rows(refit.ranef_var, refit.ranef_corr)["estimate"].to_numpy())
+    bar.update(n_boot)
+    bar.close()
     width = len(_variance_rows(reference.ranef_var, reference.ranef_corr))
     return np.array([np.full(width, np.nan) if r is None else r for r in replicates]), not_converged
 

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy import linalg, optimize
+from scipy import linalg
 
 from bayeslmm.engines.numerical import central_gradient, hessian, jacobian
 from bayeslmm.errors import ConvergenceWarning, DataError
@@ -472,6 +472,8 @@ def _optimize_theta(model: _ProfiledDeviance, REML: bool) -> tuple[np.ndarray, b
     message : str
     n_evaluations : int
     """
+    from scipy import optimize  # 0.1 s to import: only when a model is fitted
+
     calls = [0]
 
     def objective(theta: np.ndarray) -> float:

@@ -34,23 +34,35 @@ class Model(FittedModel):
 
     @cached_property
     def data(self) -> pd.DataFrame:
-        """A copy of the rows used, with ``fits`` (posterior mean of the expected response) and ``residuals``."""
+        """A copy of the rows used, with ``fits`` and ``residuals``.
+
+        ``fits`` is the posterior mean of the expected response (a probability for binomial models, a
+        mean count for counts), ``residuals`` the observed response (a proportion for binomial models)
+        minus ``fits``.
+        """
         self._require_fit("data")
         frame = self.design.data.copy()
-        fits = self.family.inverse_link(posterior_eval.posterior_mean_fit(self.design, self.posterior))
-        frame["fits"] = fits
-        frame["residuals"] = self.design.y - fits
+        fits = self.fits
+        fits_name, residuals_name = _free_names(frame, ("fits", "residuals"))
+        frame[fits_name] = fits
+        frame[residuals_name] = self._observed_response() - fits
         return frame
 
     @property
     def fits(self) -> np.ndarray:
-        """Posterior mean of the expected response of each row used, shape (n,) (pymer4's ``fits``; ``data["fits"]``)."""
-        return self.data["fits"].to_numpy()
+        """Posterior mean of the expected response of each row used, shape (n,) (pymer4's ``fits``, as in :attr:`data`)."""
+        self._require_fit("fits")
+        return posterior_eval.posterior_mean_response(self.design, self.posterior, self.family)
 
     @property
     def residuals(self) -> np.ndarray:
-        """Response minus :attr:`fits`, shape (n,) (pymer4's ``residuals``; ``data["residuals"]``)."""
-        return self.data["residuals"].to_numpy()
+        """The observed response (a proportion for binomial models) minus :attr:`fits`, shape (n,) (pymer4's ``residuals``)."""
+        self._require_fit("residuals")
+        return self._observed_response() - self.fits
+
+    def _observed_response(self) -> np.ndarray:
+        design = self.design
+        return design.y if design.trials is None else design.y / design.trials
 
     def predict(
         self,
@@ -155,7 +167,9 @@ class Model(FittedModel):
         See :func:`bayeslmm.analysis.comparison.loo`.
         """
         self._require_fit("loo")
-        from bayeslmm.analysis import comparison  # ArviZ (a second to import) only when asked for
+        from bayeslmm.analysis import (
+            comparison,  # ArviZ (a second to import) only when asked for
+        )
 
         return comparison.loo(self, reloo=reloo, **options)
 
@@ -202,3 +216,22 @@ class Model(FittedModel):
         from bayeslmm import plots
 
         return plots.plot_prior_posterior(self, params, **options)
+
+
+def _free_names(frame: pd.DataFrame, names: tuple[str, ...]) -> list[str]:
+    """``names`` for new columns of ``frame``; a name the user's data already has gets a ``_model`` suffix
+    (with a warning), so that the user's own column is never overwritten."""
+    import warnings
+
+    out = []
+    for name in names:
+        if name in frame.columns:
+            free = f"{name}_model"
+            while free in frame.columns:
+                free += "_"
+            warnings.warn(
+                f"the data has its own column {name!r}; the model's {name} are in {free!r}", UserWarning, stacklevel=4
+            )
+            name = free
+        out.append(name)
+    return out

@@ -83,8 +83,8 @@ class Lm(Model):
     def _sample(self, *, draws, tune, chains, random_seed, progressbar, **options) -> tuple[xr.DataTree, SamplerSettings]:
         if regression.supports(self.model_priors) and options.get("nuts_sampler", "nutpie") == "nutpie":
             return regression.sample_tree(
-                self.design.X, self.design.y, [self.model_priors], np.zeros(self.design.n_obs, dtype=np.int64),
-                self.design.fixed_terms, None, draws=draws, tune=tune, chains=chains, random_seed=random_seed,
+                self.design, [self.model_priors], np.zeros(self.design.n_obs, dtype=np.int64), None,
+                draws=draws, tune=tune, chains=chains, random_seed=random_seed, progressbar=progressbar,
             )
         from bayeslmm.engines.pymc_model import (  # PyMC loads only for this path
             build_model,

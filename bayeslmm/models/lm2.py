@@ -157,8 +157,8 @@ class Lm2(FittedModel):
         exact = all(regression.supports(p) for p in self.model_priors) and options.get("nuts_sampler", "nutpie") == "nutpie"
         if exact:
             return regression.sample_tree(
-                design.X, design.y, self.model_priors, self._codes, design.fixed_terms, self.levels,
-                draws=draws, tune=tune, chains=chains, random_seed=random_seed,
+                design, self.model_priors, self._codes, self.levels,
+                draws=draws, tune=tune, chains=chains, random_seed=random_seed, progressbar=progressbar,
             )
         from bayeslmm.engines.pymc_model import (  # PyMC loads only here
             build_group_regressions,
@@ -178,8 +178,11 @@ class Lm2(FittedModel):
     def _pointwise_log_likelihood(self, posterior: xr.Dataset) -> np.ndarray:
         beta = summaries.stack_draws(posterior, "beta")  # (chain, draw, G, p)
         sigma = summaries.stack_draws(posterior, "sigma")  # (chain, draw, G)
-        mu = np.einsum("cdnp,np->cdn", beta[:, :, self._codes, :], self.design.X)
-        return self.family.log_likelihood(self.design.y, mu, {"sigma": sigma[:, :, self._codes]})
+        chains, draws, groups, p = beta.shape
+        mu = self.grouped_design.linear_predictor(np.zeros(p), [beta.reshape(-1, groups, p)])
+        return self.family.log_likelihood(
+            self.design.y, mu.reshape(chains, draws, -1), {"sigma": sigma[:, :, self._codes]}
+        )
 
     # ------------------------------------------------------------------------------------ results
     @cached_property
@@ -240,7 +243,7 @@ class Lm2(FittedModel):
         """A copy of the rows used, with ``fits`` (posterior mean of ``X beta[g]``) and ``residuals``."""
         self._require_fit("data")
         frame = self.design.data.copy()
-        frame["fits"] = np.sum(self.design.X * self.fixef.to_numpy()[self._codes], axis=1)
+        frame["fits"] = self.grouped_design.linear_predictor(np.zeros(self.fixef.shape[1]), [self.fixef.to_numpy()])
         frame["residuals"] = self.design.y - frame["fits"].to_numpy()
         return frame
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -13,7 +14,7 @@ from bayeslmm.analysis import pooling
 from bayeslmm.engines import collapsed
 from bayeslmm.engines.posterior_names import var_names
 from bayeslmm.engines.sampling import SamplerSettings, check_fit_arguments
-from bayeslmm.errors import FormulaError
+from bayeslmm.errors import FormulaError, PriorSensitivityWarning
 from bayeslmm.models.base import Model
 from bayeslmm.results import summaries
 from bayeslmm.results.frequentist import FrequentistResult, fit_frequentist
@@ -21,7 +22,7 @@ from bayeslmm.results.report import ReportTable, SummaryParts, display_table
 from bayeslmm.spec.contrasts import build_coded_design
 from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.formula import parse_formula
-from bayeslmm.spec.priors import default_priors
+from bayeslmm.spec.priors import default_priors, few_levels_warnings
 
 __all__ = ["Lmer"]
 
@@ -37,9 +38,17 @@ class Lmer(Model):
     data : pandas.DataFrame or polars.DataFrame
         Never modified. Rows with missing values in the columns used are dropped with a warning.
     family : str
-        ``"gaussian"``.
+        ``"gaussian"`` (default), ``"binomial"``, ``"poisson"`` or ``"negbinomial"``; R's spelling
+        ``"binomial(link='probit')"`` also works.
     priors : dict, optional
         Overrides of the default priors; see :mod:`bayeslmm.spec.priors`.
+    link : str, optional
+        The link function, if not the family's default: ``"probit"`` or ``"cloglog"`` for binomial.
+    weights : array-like or str, optional
+        Binomial trials of a proportion response, as glmer's ``weights`` (one per row, or a column name).
+    offset : array-like or str, optional
+        A known term added to the linear predictor, as glmer's ``offset`` (with the formula's
+        ``offset(log(exposure))`` terms, if any).
     factors : dict, optional
         Codings of categorical predictors, as pymer4's: ``{"x": ["b", "a", "c"]}`` treatment-codes ``x``
         against ``"b"`` in that order, ``{"x": {"a": 1, "b": -1, "c": 0}}`` gives one custom contrast
@@ -69,18 +78,24 @@ class Lmer(Model):
         data: Any,
         family: str | Family = "gaussian",
         priors: dict | None = None,
+        link: str | None = None,
+        weights: Any = None,
+        offset: Any = None,
         factors: dict | None = None,
         ordered: bool = False,
     ) -> None:
-        family = get_family(family)
+        family = get_family(family, link)
         parsed = parse_formula(formula)
         if not parsed.random:
             raise FormulaError(
                 f"formula {formula!r} has no random-effects term such as '(1 | group)' (lme4 refuses it "
                 "too); use bayeslmm.Lm for a regression without groups"
             )
-        design = build_coded_design(parsed, data, family, factors, ordered)
-        super().__init__(formula, design, family, default_priors(design, priors, family), priors)
+        design = build_coded_design(parsed, data, family, factors, ordered, weights=weights, offset=offset)
+        resolved = default_priors(design, priors, family)
+        for message in few_levels_warnings(design, resolved):
+            warnings.warn(message, PriorSensitivityWarning, stacklevel=2)
+        super().__init__(formula, design, family, resolved, priors)
         self._factors, self._ordered = _plain(factors), bool(ordered)
 
     @property
@@ -90,14 +105,26 @@ class Lmer(Model):
 
     @property
     def init_arguments(self) -> dict:
-        """``factors`` and ``ordered`` when given: what rebuilds this model with formula, data, family and priors."""
-        return {"factors": self._factors, "ordered": self._ordered} if self._factors is not None else {}
+        """``link``, ``weights`` and ``offset`` (on the rows used), and ``factors`` and ``ordered`` when
+        given: what rebuilds this model with the formula, data, family and priors."""
+        design = self.design
+        arguments = {
+            "link": self.family.link.name,
+            "weights": None if design.weights is None else design.weights,
+            "offset": None if design.offset_argument is None else design.offset_argument,
+        }
+        if self._factors is not None:
+            arguments |= {"factors": self._factors, "ordered": self._ordered}
+        return arguments
 
     def _recode(self, factors: dict | None, ordered: bool) -> None:
         """Rebuild the design with new factor codings (``fit(factors=...)``); priors are resolved again."""
         parsed = parse_formula(self.formula)
-        design = build_coded_design(parsed, self.design.data, self.family, factors, ordered)
-        design = dataclasses.replace(design, n_dropped=self.design.n_dropped)
+        old = self.design
+        design = build_coded_design(
+            parsed, old.data, self.family, factors, ordered, weights=old.weights, offset=old.offset_argument
+        )
+        design = dataclasses.replace(design, n_dropped=old.n_dropped)
         priors = default_priors(design, self._overrides, self.family)
         self._design, self._priors = design, priors
         self._factors, self._ordered = _plain(factors), bool(ordered)
@@ -383,7 +410,8 @@ class Lmer(Model):
                 display_table(self.coefs.drop(columns=["ESS_tail"])),
             )
         )
-        return SummaryParts(self._header(), tables, diagnostics=list(self.warnings))
+        notes = [f"Note: {note}" for note in summaries.boundary_notes(self.design, self.posterior)]
+        return SummaryParts(self._header(), tables, diagnostics=list(self.warnings), footer=notes)
 
     def __repr__(self) -> str:
         groups = ", ".join(f"{factor}: {count}" for factor, count in self.grps.items())

@@ -28,6 +28,7 @@ from bayeslmm.engines.sampling import (
     resolve_progressbar,
 )
 from bayeslmm.errors import ConvergenceWarning, NotFittedError
+from bayeslmm.results import archive
 from bayeslmm.results.report import Summary, SummaryParts, layout_html
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.families import Family
@@ -268,9 +269,7 @@ class FittedModel:
         FileExistsError
             ``path`` exists and ``overwrite`` is False, or it is not a bayeslmm result.
         """
-        from bayeslmm.results.archive import save
-
-        return save(self, path, overwrite=overwrite)
+        return archive.save(self, path, overwrite=overwrite)
 
     @property
     def init_arguments(self) -> dict:

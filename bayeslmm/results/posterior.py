@@ -16,6 +16,7 @@ from bayeslmm.spec.design import Design
 __all__ = [
     "linear_predictor",
     "posterior_mean_fit",
+    "posterior_mean_response",
     "pointwise_log_likelihood",
     "posterior_predictive",
     "aux_draws",
@@ -49,7 +50,8 @@ def linear_predictor(design: Design, posterior: xr.Dataset, draws: slice | np.nd
     ndarray, shape (draws, n)
     """
     select = slice(None) if draws is None else draws
-    beta = stack_draws(posterior, "beta").reshape(-1, len(design.fixed_terms))[select]
+    total = posterior.sizes["chain"] * posterior.sizes["draw"]
+    beta = stack_draws(posterior, "beta").reshape(total, len(design.fixed_terms))[select]
     effects = []
     for block in design.blocks:
         ranef = stack_draws(posterior, var_names(block)["ranef"])
@@ -62,6 +64,18 @@ def posterior_mean_fit(design: Design, posterior: xr.Dataset) -> np.ndarray:
     beta = stack_draws(posterior, "beta").mean(axis=(0, 1))
     effects = [stack_draws(posterior, var_names(block)["ranef"]).mean(axis=(0, 1)) for block in design.blocks]
     return design.linear_predictor(beta, effects if design.blocks else None)
+
+
+def posterior_mean_response(design: Design, posterior: xr.Dataset, family, chunk: int = _CHUNK) -> np.ndarray:
+    """Posterior mean of the expected response ``g^{-1}(eta)``, shape (n,); identity links need no draws."""
+    if family.link.name == "identity":
+        return posterior_mean_fit(design, posterior)
+    total = posterior.sizes["chain"] * posterior.sizes["draw"]
+    mean = np.zeros(design.n_obs)
+    for start in range(0, total, chunk):
+        part = slice(start, min(start + chunk, total))
+        mean += family.inverse_link(linear_predictor(design, posterior, part)).sum(axis=0)
+    return mean / total
 
 
 def aux_draws(posterior: xr.Dataset, family) -> dict[str, np.ndarray]:

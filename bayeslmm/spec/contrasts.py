@@ -340,10 +340,17 @@ def apply_codings(
 
 
 def build_coded_design(
-    formula: ParsedFormula, data: Any, family: Any = None, factors: dict | None = None, ordered: bool = False
+    formula: ParsedFormula,
+    data: Any,
+    family: Any = None,
+    factors: dict | None = None,
+    ordered: bool = False,
+    weights: Any = None,
+    offset: Any = None,
 ):
     """:func:`bayeslmm.spec.design.build_design` with the factor codings of ``factors``/``ordered`` and of
-    ``C(x, levels=[...])`` in the formula, coefficient names shown as ``x[level]``.
+    ``C(x, levels=[...])`` in the formula, coefficient names shown as ``x[level]`` (``weights`` and
+    ``offset`` as ``build_design``'s).
 
     Raises
     ------
@@ -353,7 +360,7 @@ def build_coded_design(
     frame = to_pandas(data)
     codings = codings_from_factors(factors, ordered, frame)
     rewritten, namespace = apply_codings(formula, frame, codings)
-    design = build_design(rewritten, frame, family, namespace=namespace or None)
+    design = build_design(rewritten, frame, family, weights=weights, offset=offset, namespace=namespace or None)
     return rename_design_terms(design) if namespace else design
 
 

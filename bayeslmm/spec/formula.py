@@ -20,7 +20,8 @@ from bayeslmm.errors import FormulaError, UnsupportedSyntaxError
 
 __all__ = ["RandomTerm", "ParsedFormula", "parse_formula"]
 
-_NAME = r"[A-Za-z_.][A-Za-z0-9_.]*"
+# a column name: Python-identifier-like with dots (unicode letters included), or anything in backticks
+_NAME = r"(?:`[^`:/]+`|[^\W\d][\w.]*|\.[\w.]*)"
 _FACTOR_INTERACTION = re.compile(rf"^{_NAME}(?::{_NAME})*$")
 _FACTOR_NESTED = re.compile(rf"^{_NAME}(?:/{_NAME})+$")
 _NO_INTERCEPT = {"0", "-1", "- 1"}
@@ -60,12 +61,19 @@ class ParsedFormula:
         terms were given, as in lme4 the intercept is implicit).
     random : tuple of RandomTerm
         The random-effects blocks after expanding ``||`` and nesting.
+    offsets : tuple of str
+        The expressions inside ``offset(...)`` terms, e.g. ``("log(exposure)",)``: known terms added to
+        the linear predictor with coefficient 1.
+    binomial : tuple of (str, str) or None
+        ``(successes, failures)`` of a ``cbind(successes, failures)`` response.
     """
 
     text: str
     response: str
     fixed: str
     random: tuple[RandomTerm, ...]
+    offsets: tuple[str, ...] = ()
+    binomial: tuple[str, str] | None = None
 
     @property
     def factors(self) -> tuple[str, ...]:
@@ -117,28 +125,31 @@ def parse_formula(formula: str) -> ParsedFormula:
             f"formula {formula!r} has nothing on the right of '~'; "
             "write at least '1' for an intercept-only model"
         )
-    if response.startswith("cbind("):
-        raise UnsupportedSyntaxError(
-            f"response {response!r}: cbind(successes, failures) needs a binomial family, "
-            "which bayeslmm does not support yet; only family='gaussian' is available"
-        )
+    binomial = _cbind(response) if response.replace(" ", "").startswith("cbind(") else None
     if re.search(r"(^|[\s+])\.($|[\s+])", rhs):
         raise UnsupportedSyntaxError(
             "'.' (all other columns) is not supported; name the predictors explicitly"
         )
 
-    if re.search(r"(^|[^A-Za-z0-9_.])offset\s*\(", rhs):
-        raise UnsupportedSyntaxError(
-            "offset() is not supported yet: it would be fitted as an ordinary predictor with its own "
-            "coefficient; subtract the offset from the response instead (for a gaussian model the same)"
-        )
     fixed_terms: list[str] = []
     random_terms: list[RandomTerm] = []
+    offsets: list[str] = []
     for chunk in _split_top_level(rhs, "+"):
         if not chunk:
             raise FormulaError(f"formula {formula!r} has an empty term (two '+' in a row, or a trailing '+')")
         inner = _strip_outer_parentheses(chunk)
-        if inner is not None and _find_top_level_bar(inner) is not None:
+        while inner is not None and _find_top_level_bar(inner) is None and _strip_outer_parentheses(inner) is not None:
+            inner = _strip_outer_parentheses(inner)  # ((1 | g)): redundant parentheses
+        offset = re.fullmatch(r"offset\s*\((.*)\)", chunk)
+        if offset is not None and _strip_outer_parentheses(chunk[chunk.index("("):]) is not None:
+            if not offset.group(1).strip():
+                raise FormulaError(f"term {chunk!r} has nothing inside offset(); write e.g. offset(log(exposure))")
+            offsets.append(offset.group(1).strip())
+        elif re.search(r"(^|[^A-Za-z0-9_.])offset\s*\(", chunk):
+            raise UnsupportedSyntaxError(
+                f"term {chunk!r}: offset(...) must be a term of its own, as in 'y ~ x + offset(log(exposure))'"
+            )
+        elif inner is not None and _find_top_level_bar(inner) is not None:
             random_terms.extend(_parse_random_term(inner, chunk))
         elif "|" in chunk:
             raise FormulaError(
@@ -148,7 +159,21 @@ def parse_formula(formula: str) -> ParsedFormula:
             fixed_terms.append(chunk)
 
     fixed = " + ".join(fixed_terms) if fixed_terms else "1"
-    return ParsedFormula(text=text, response=response, fixed=fixed, random=tuple(random_terms))
+    return ParsedFormula(
+        text=text, response=response, fixed=fixed, random=tuple(random_terms), offsets=tuple(offsets), binomial=binomial
+    )
+
+
+def _cbind(response: str) -> tuple[str, str]:
+    """``cbind(successes, failures)`` -> the two expressions."""
+    inner = _strip_outer_parentheses(response.replace(" ", "")[len("cbind"):])
+    parts = _split_top_level(inner, ",") if inner is not None else []
+    if len(parts) != 2 or not all(parts):
+        raise FormulaError(
+            f"response {response!r}: cbind takes two expressions, the successes and the failures, as in "
+            "'cbind(incidence, size - incidence) ~ period + (1 | herd)'"
+        )
+    return parts[0], parts[1]
 
 
 def _check_parentheses(text: str) -> None:
@@ -215,7 +240,7 @@ def _parse_random_term(inner: str, chunk: str) -> list[RandomTerm]:
         raise FormulaError(f"term {chunk!r} has nothing left of '|'; write '(1 | g)' for a random intercept")
     if not factor:
         raise FormulaError(f"term {chunk!r} has no grouping factor right of '|'")
-    factor = factor.replace(" ", "")
+    factor = _without_spaces_outside_backticks(factor)
     if _FACTOR_NESTED.match(factor):
         names = factor.split("/")
         factors = [":".join(names[: depth + 1]) for depth in range(len(names))]
@@ -223,11 +248,18 @@ def _parse_random_term(inner: str, chunk: str) -> list[RandomTerm]:
         factors = [factor]
     else:
         raise UnsupportedSyntaxError(
-            f"grouping factor {factor!r} in {chunk!r} is not supported: use a column name, an "
-            "interaction 'g1:g2' or nesting 'g1/g2'; compute other groupings as a new column first"
+            f"grouping factor {factor!r} in {chunk!r} is not supported: use a column name (in backticks if "
+            "it has spaces or symbols), an interaction 'g1:g2' or nesting 'g1/g2'; compute other groupings "
+            "as a new column first"
         )
     expressions = _expand_uncorrelated(expr) if double else [expr]
-    return [RandomTerm(expr=e, factor=f) for f in factors for e in expressions]
+    return [RandomTerm(expr=e, factor=f.replace("`", "")) for f in factors for e in expressions]
+
+
+def _without_spaces_outside_backticks(text: str) -> str:
+    """``` `my group` : b ``` -> ``` `my group`:b ```: spaces dropped except inside backticks."""
+    parts = text.split("`")
+    return "`".join(part.replace(" ", "") if i % 2 == 0 else part for i, part in enumerate(parts))
 
 
 def _expand_uncorrelated(expr: str) -> list[str]:

@@ -112,14 +112,19 @@ def fixed_structure(design: Design) -> tuple[FixedTerm, ...]:
     if evaluator is None:
         raise DataError("this design has no formula terms (it was not built from a formula)")
     terms = []
-    positions = np.arange(design.X.shape[1])
+    # columns lme4 would drop as aliased are not in X (FixedEffects.kept): map formulae's positions
+    kept = design.fixed.kept
+    position = {full: i for i, full in enumerate(kept)} if kept is not None else None
     for name, term in evaluator.terms.items():
         components = getattr(term, "components", None)
         if not components:  # the intercept
             continue
         parts = tuple(_component(component, design, evaluator) for component in components)
         label = ":".join(contrasts.display_name(part.expression) for part in parts)
-        terms.append(FixedTerm(label=label, columns=positions[evaluator.slices[name]], components=parts))
+        full = np.arange(evaluator.slices[name].start, evaluator.slices[name].stop)
+        columns = full if position is None else np.array([position[i] for i in full if i in position], dtype=int)
+        if columns.size:
+            terms.append(FixedTerm(label=label, columns=columns, components=parts))
     return tuple(terms)
 
 
