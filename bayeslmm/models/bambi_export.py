@@ -10,7 +10,7 @@ What does not translate raises :class:`~bayeslmm.errors.UnsupportedSyntaxError` 
 
 - a block of correlated terms, such as ``(Days | Subject)``: Bambi's group-specific effects are
   independent; ``(Days || Subject)`` is the model without the correlation;
-- a family other than gaussian (bayeslmm's other families are not mapped yet);
+- a family other than gaussian (bayeslmm's other families are not mapped yet), offsets and ``weights=``;
 - a prior distribution whose parameters differ between the columns of one Bambi term.
 """
 
@@ -53,6 +53,10 @@ def to_bambi(model: "Lmer"):
     design, family = model.design, model.family
     if family.name != "gaussian":
         raise UnsupportedSyntaxError(f"to_bambi: family {family.name!r} is not mapped to Bambi yet; gaussian models are")
+    if design.offset is not None or design.weights is not None:
+        raise UnsupportedSyntaxError(
+            "to_bambi: offsets and weights= are not mapped to Bambi; fit the model without them to translate it"
+        )
     correlated = [f"({block.expr} | {block.factor})" for block in design.blocks if block.n_terms > 1]
     if correlated:
         raise UnsupportedSyntaxError(

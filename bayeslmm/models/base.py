@@ -75,6 +75,7 @@ class Model(FittedModel):
         return_draws: bool = False,
         n_draws: int | None = None,
         random_seed: int | None = None,
+        offset: Any = None,
     ) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
         """Posterior predictions for new rows: the expected response with its credible interval.
 
@@ -104,6 +105,9 @@ class Model(FittedModel):
             Use this many evenly thinned posterior draws (all by default; memory: draws x rows).
         random_seed : int, optional
             For ``unseen="sample"`` and the predictive draws.
+        offset : array-like or str, optional
+            The offset of the new rows, for a model fitted with ``offset=`` (a column name or one value
+            per row).
 
         Returns
         -------
@@ -114,7 +118,12 @@ class Model(FittedModel):
             ``predictive``). :meth:`fit_frequentist` ``().predict`` gives lme4's numbers.
         """
         self._require_fit("predict")
-        rows = prediction.new_rows(self.design, data, use_rfx, unseen)
+        if predictive and data is not None and self.design.trials is not None and self.family.name == "binomial":
+            raise ValueError(
+                "a predictive interval for new rows of a binomial model needs their numbers of trials, which "
+                "predict does not take; predict the probabilities (predictive=False) and scale them by the trials"
+            )
+        rows = prediction.new_rows(self.design, data, use_rfx, unseen, offset)
         table, draws = prediction.predict_table(
             rows, self.posterior, self.family, pred_type, prob, predictive, n_draws, random_seed
         )

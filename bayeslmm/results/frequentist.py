@@ -171,7 +171,7 @@ class FrequentistResult:
         return table
 
     def predict(
-        self, data=None, use_rfx: bool = True, pred_type: str = "response", unseen: str = "population"
+        self, data=None, use_rfx: bool = True, pred_type: str = "response", unseen: str = "population", offset=None
     ) -> np.ndarray:
         """Predictions of the (RE)ML fit, as lme4's ``predict(model, newdata, allow.new.levels=TRUE)``.
 
@@ -186,6 +186,8 @@ class FrequentistResult:
             The scale (the same for a gaussian model).
         unseen : {"population", "error"}
             New group levels get the population level (lme4's ``allow.new.levels = TRUE``) or raise.
+        offset : array-like or str, optional
+            The offset of the new rows, for a model fitted with ``offset=``.
 
         Returns
         -------
@@ -196,7 +198,7 @@ class FrequentistResult:
                              "'population' (lme4's allow.new.levels=TRUE) and 'error'")
         if pred_type not in ("response", "link"):
             raise ValueError(f"pred_type must be 'response' or 'link', got {pred_type!r}")
-        rows = prediction.new_rows(self.design, data, use_rfx, unseen)
+        rows = prediction.new_rows(self.design, data, use_rfx, unseen, offset)
         effects = self.reml.ranef if use_rfx and rows.design.blocks else None
         return rows.design.linear_predictor(self.beta, effects)
 

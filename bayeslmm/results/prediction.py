@@ -73,8 +73,13 @@ class NewRows:
         return np.array(["; ".join(parts) if parts else "fitted" for parts in notes], dtype=object)
 
 
-def new_rows(design: Design, data: Any, use_rfx: bool = True, unseen: str = "population") -> NewRows:
+def new_rows(
+    design: Design, data: Any, use_rfx: bool = True, unseen: str = "population", offset: Any = None
+) -> NewRows:
     """Evaluate the model on ``data`` (the fitted rows when None) and check it for predictions.
+
+    ``offset`` is the ``offset=`` of the new rows, for a model fitted with one (the formula's
+    ``offset(...)`` terms are evaluated on ``data``).
 
     Raises
     ------
@@ -108,7 +113,7 @@ def new_rows(design: Design, data: Any, use_rfx: bool = True, unseen: str = "pop
             f"{' ...' if len(rows) > 5 else ''}); drop or fill those rows before predicting"
         )
     try:
-        new = design.evaluate(frame)
+        new = design.evaluate(frame, offset=offset)
     except DataError as error:  # name coded columns as the user wrote them
         raise DataError(display_name(str(error))) from None
     levels = new.random.unseen_levels(new.data) if use_rfx and new.blocks else {}
