@@ -18,7 +18,8 @@ from bayeslmm.errors import DataError, FormulaError
 from bayeslmm.results import summaries
 from bayeslmm.results.fitted import FittedModel
 from bayeslmm.results.report import SummaryParts
-from bayeslmm.spec.design import Design, build_design, to_pandas
+from bayeslmm.spec.contrasts import build_coded_design
+from bayeslmm.spec.design import Design, to_pandas
 from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.formula import parse_formula
 from bayeslmm.spec.priors import default_priors
@@ -110,7 +111,7 @@ class Lm2(FittedModel):
             )
         self.group = group
         frame = _drop_missing_groups(to_pandas(data), group)
-        design = build_design(parsed, frame, family)
+        design = build_coded_design(parsed, frame, family)
         codes, levels = _group_codes(design.data[group], group)
         keep, self.excluded = _identified_groups(design.X, codes, levels, group)
         rows = keep[codes]
