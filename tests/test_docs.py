@@ -51,7 +51,7 @@ def test_docs_pages(site):
     api = (out / "api.html").read_text()
     for name in ["bayeslmm.Lmer", "bayeslmm.Lm2", "bayeslmm.lrt", "bayeslmm.Prior", "bayeslmm.load_dataset",
                  "bayeslmm.simulate_simpson", "bayeslmm.plots.plot_group_fits",
-                 "bayeslmm.frequentist.FrequentistResult", "bayeslmm.DataError"]:
+                 "bayeslmm.results.frequentist.FrequentistResult", "bayeslmm.DataError"]:
         assert f'id="{name}' in api, f"{name} is missing from the API reference"
     assert (out / "_images" / "group_fits.png").is_file(), "the plots gallery lost its images"
 

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.engines import least_squares
+from bayeslmm.engines.progress import Progress
+from bayeslmm.engines.sampling import resolve_progressbar
 from bayeslmm.errors import BayeslmmError, ConvergenceWarning, DataError, NotFittedError
 from bayeslmm.results import summaries
 from bayeslmm.results.frequentist import FrequentistResult, fit_frequentist
@@ -325,7 +327,7 @@ def _variance_rows(
 
 
 def _parametric_bootstrap(reference: FrequentistResult, n_boot: int, random_seed: int | None) -> tuple[np.ndarray, int]:
-    """Refit ``n_boot`` responses simulated from ``reference``.
+    """Refit ``n_boot`` responses simulated from ``reference`` with new group effects (its ``simulate``).
 
     Returns
     -------
@@ -334,15 +336,12 @@ def _parametric_bootstrap(reference: FrequentistResult, n_boot: int, random_seed
     not_converged : int
     """
     design, family = reference.design, reference.family
-    rng = np.random.default_rng(random_seed)
-    scale = 1.0 if reference.sigma is None else reference.sigma
-    factors = [scale * design.random.relative_factor(reference.theta, j) for j in range(len(design.blocks))]
-    aux = {name: np.array([value]) for name, value in reference.aux.items()}
+    simulated = reference.simulate(n_boot, use_rfx=False, random_seed=random_seed).to_numpy()
     replicates, not_converged = [], 0
-    for _ in range(n_boot):
-        effects = [rng.standard_normal((b.n_levels, b.n_terms)) @ f.T for b, f in zip(design.blocks, factors)]
-        mu = family.inverse_link(design.linear_predictor(reference.beta, effects))
-        y = family.random(mu[None, :], aux, rng, trials=design.trials)[0]
+    bar = Progress(n_boot, "Parametric bootstrap", "fits", enabled=resolve_progressbar(None))
+    for replicate in range(n_boot):
+        bar.update(replicate)
+        y = simulated[:, replicate]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             try:
@@ -354,6 +353,8 @@ def _parametric_bootstrap(reference: FrequentistResult, n_boot: int, random_seed
                 continue
         not_converged += not refit.converged
         replicates.append(_variance_rows(refit.ranef_var, refit.ranef_corr)["estimate"].to_numpy())
+    bar.update(n_boot)
+    bar.close()
     width = len(_variance_rows(reference.ranef_var, reference.ranef_corr))
     return np.array([np.full(width, np.nan) if r is None else r for r in replicates]), not_converged
 

@@ -22,6 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bayeslmm.errors import (
+    BayeslmmError,
+    ConvergenceWarning,
+    NotFittedError,
+    ParetoKWarning,
+)
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -51,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit(commands)
     _add_summary(commands)
     _add_compare(commands)
+    _add_compile(commands)
     return parser
 
 
@@ -140,6 +148,18 @@ def _add_compare(commands) -> None:
         "--names", nargs="+", metavar="NAME", help="row labels, one per result (default: the formulas)"
     )
     compare.set_defaults(handler=_run_compare)
+
+
+def _add_compile(commands) -> None:
+    compile_ = commands.add_parser(
+        "compile",
+        help="compile the samplers' kernels once, so that the first fit starts at once",
+        description=(
+            "Compile bayeslmm's numba kernels and cache them on disk (about 20 s, once per installation; "
+            "scripts/bootstrap.sh does it). Without it the first fit compiles them."
+        ),
+    )
+    compile_.set_defaults(handler=_run_compile)
 
 
 def _positive_int(text: str) -> int:
@@ -263,6 +283,14 @@ def _run_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_compile(args: argparse.Namespace) -> int:
+    from bayeslmm.engines.compiled import compile_all
+
+    print("compiling bayeslmm's kernels (once per installation) ...", flush=True)
+    compile_all(report=lambda line: print(f"  {line}", flush=True))
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bayeslmm`` command line.
@@ -282,8 +310,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version and argparse's own usage errors
         return int(exit_.code or 0)
-    from bayeslmm.errors import ConvergenceWarning, ParetoKWarning
-
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         # the summary and the comparison table print these already, with advice
@@ -304,8 +330,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_input_error(exc: BaseException) -> bool:
-    from bayeslmm.errors import BayeslmmError, NotFittedError
-
     if isinstance(exc, NotFittedError):
         return False
     return isinstance(exc, InputError | BayeslmmError | FileNotFoundError | FileExistsError | IsADirectoryError)

@@ -17,12 +17,14 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.engines.laplace import GlmmFit, fit_laplace
-from bayeslmm.engines.reml import RemlFit, fit_reml
+from bayeslmm.engines.reml import RemlFit, contrast_f_test, contrast_t_test, fit_reml
 from bayeslmm.errors import ConvergenceWarning, UnsupportedSyntaxError
-from bayeslmm.results.report import Summary, SummaryParts, layout_html, layout_text
+from bayeslmm.results import prediction
+from bayeslmm.results.report import Summary, SummaryParts, layout_html, layout_text, significance_stars
 from bayeslmm.results.summaries import by_factor, fitted_data, group_tables, pearson_residuals
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.families import Family, get_family
+from bayeslmm.spec.hypotheses import type3_hypotheses
 
 __all__ = ["FrequentistResult", "fit_frequentist", "SINGULAR_MESSAGE", "AUX_DESCRIPTIONS"]
 
@@ -107,6 +109,10 @@ class FrequentistResult:
     n_evaluations : int
     fit_seconds : float
     design : Design
+    reml : RemlFit or None
+        The REML engine's arrays, with the derivatives behind every Satterthwaite df (gaussian models).
+    laplace : GlmmFit or None
+        The Laplace engine's arrays (other families).
     """
 
     coefs: pd.DataFrame
@@ -140,6 +146,8 @@ class FrequentistResult:
     n_evaluations: int
     fit_seconds: float
     design: Design = field(repr=False)
+    reml: RemlFit | None = field(default=None, repr=False)
+    laplace: GlmmFit | None = field(default=None, repr=False)
 
     @property
     def glmm(self) -> bool:
@@ -174,6 +182,147 @@ class FrequentistResult:
         if self.singular:
             messages.append(SINGULAR_MESSAGE)
         return messages
+
+    # -- tests, predictions, simulations --------------------------------------------------------
+    def test_contrasts(self, L: np.ndarray, index: pd.Index | None = None) -> pd.DataFrame:
+        """A test of each linear combination ``l' beta`` (a row of ``L``): t with Satterthwaite df, or Wald z.
+
+        Parameters
+        ----------
+        L : ndarray, shape (r, p)
+        index : pandas.Index, optional
+            Row labels.
+
+        Returns
+        -------
+        pandas.DataFrame, shape (r, 5) or (r, 4)
+            Gaussian models: ``Estimate``, ``SE``, ``DF``, ``T-stat``, ``P-val`` (two-sided), as
+            lmerTest's ``contest1D``. Other families: ``Estimate``, ``SE``, ``Z-stat``, ``P-val``, the
+            Wald z test of ``summary(glmer)`` and ``emmeans`` for GLMMs.
+        """
+        L = np.atleast_2d(np.asarray(L, dtype=float))
+        if self.glmm:
+            from scipy import stats
+
+            estimate = L @ self.beta
+            se = np.sqrt(np.einsum("ri,ij,rj->r", L, self.vcov.to_numpy(), L))
+            z = estimate / se
+            return pd.DataFrame(
+                {"Estimate": estimate, "SE": se, "Z-stat": z, "P-val": 2.0 * stats.norm.sf(np.abs(z))}, index=index
+            )
+        rows = [contrast_t_test(self.reml, l) for l in L]
+        return pd.DataFrame(rows, columns=["Estimate", "SE", "DF", "T-stat", "P-val"], index=index)
+
+    def anova(self, force_orthogonal: bool = False) -> pd.DataFrame:
+        """Type III ANOVA table with Satterthwaite denominator df, as lmerTest's ``anova(model)``.
+
+        One row per fixed term (a factor with ``k`` levels is one term, tested with ``k - 1`` df); the
+        hypothesis of each is the Type III one of :func:`bayeslmm.spec.hypotheses.type3_hypotheses`
+        (equally weighted marginal means for factors), which does not depend on the model's coding,
+        and the F test lmerTest's ``contestMD`` (:func:`bayeslmm.engines.reml.contrast_f_test`).
+
+        Parameters
+        ----------
+        force_orthogonal : bool
+            pymer4 refits with polynomial contrasts to make its Type III sums of squares valid; these
+            hypotheses do not depend on the contrasts, so the table is the same either way (accepted
+            for compatibility).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by term: ``SS``, ``MS``, ``NumDF``, ``DenomDF``, ``F-stat``, ``P-val``, ``Sig``
+            (pymer4's names for lmerTest's ``Sum Sq``, ``Mean Sq``, ``NumDF``, ``DenDF``, ``F value``,
+            ``Pr(>F)``).
+
+        Raises
+        ------
+        UnsupportedSyntaxError
+            A GLMM: F tests with Satterthwaite df are for gaussian models.
+        """
+        if self.glmm:
+            raise UnsupportedSyntaxError(
+                f"anova(): the Type III F tests with Satterthwaite df are for gaussian models; for this "
+                f"{self.family.name} model use the Wald z tests of coefs, test_contrasts(L) for a combination "
+                "of coefficients, or compare nested models with lrt"
+            )
+        rows = {term: contrast_f_test(self.reml, L) for term, L in type3_hypotheses(self.design).items()}
+        table = pd.DataFrame.from_dict(rows, orient="index", columns=["SS", "MS", "NumDF", "DenomDF", "F-stat", "P-val"])
+        table.index.name = "term"
+        table["Sig"] = [significance_stars(p) for p in table["P-val"]]
+        table.attrs.update({"type": "III", "df_method": "Satterthwaite", "REML": self.REML})
+        return table
+
+    def predict(
+        self, data=None, use_rfx: bool = True, pred_type: str = "response", unseen: str = "population", offset=None
+    ) -> np.ndarray:
+        """Predictions of the frequentist fit, as lme4's ``predict(model, newdata, allow.new.levels=TRUE)``.
+
+        Parameters
+        ----------
+        data : pandas.DataFrame or polars.DataFrame, optional
+            New rows; the fitted rows when None.
+        use_rfx : bool
+            Add the conditional modes of the group effects (lme4's ``re.form = NULL``); False gives the
+            population level (``re.form = NA``).
+        pred_type : {"response", "link"}
+            The expected response ``g^-1(eta)`` (a probability for binomial models, as lme4's
+            ``type = "response"``) or the linear predictor (the same for a gaussian model).
+        unseen : {"population", "error"}
+            New group levels get the population level (lme4's ``allow.new.levels = TRUE``) or raise.
+        offset : array-like or str, optional
+            The offset of the new rows, for a model fitted with ``offset=``.
+
+        Returns
+        -------
+        ndarray, shape (rows,)
+        """
+        if unseen == "sample":
+            raise ValueError("unseen='sample' draws group effects from the posterior; the (RE)ML fit has "
+                             "'population' (lme4's allow.new.levels=TRUE) and 'error'")
+        if pred_type not in ("response", "link"):
+            raise ValueError(f"pred_type must be 'response' or 'link', got {pred_type!r}")
+        rows = prediction.new_rows(self.design, data, use_rfx, unseen, offset)
+        effects = self._modes if use_rfx and rows.design.blocks else None
+        eta = rows.design.linear_predictor(self.beta, effects)
+        return self.family.inverse_link(eta) if pred_type == "response" else eta
+
+    @property
+    def _modes(self) -> list[np.ndarray]:
+        """The conditional modes of every block, shape (G, k), formula order."""
+        return (self.reml or self.laplace).ranef
+
+    def simulate(self, n: int, use_rfx: bool = True, random_seed: int | None = None) -> pd.DataFrame:
+        """``n`` simulated responses per fitted row from the frequentist fit, as lme4's ``simulate``.
+
+        With ``use_rfx`` the group effects are the conditional modes (``use.u = TRUE``); without,
+        each simulation draws new group effects from ``N(0, Sigma_hat)`` (``use.u = FALSE``). The
+        responses are then drawn from the family: ``N(mu, sigma_hat^2)``, or binomial (the number of
+        successes out of the trials), Poisson or negative binomial counts.
+
+        Returns
+        -------
+        pandas.DataFrame, shape (rows, n)
+            Columns ``sim_1`` ... ``sim_n``.
+        """
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise ValueError(f"n must be a positive number of simulated data sets, got {n!r}")
+        rng = np.random.default_rng(random_seed)
+        design = self.design
+        factors = [
+            np.linalg.cholesky(covariance + 1e-12 * np.eye(len(covariance)))
+            for covariance in design.random.covariances(self.theta, 1.0 if self.sigma is None else self.sigma)
+        ]
+        aux = {name: np.array([value]) for name, value in self.aux.items()}
+        out = np.empty((design.n_obs, n))
+        for i in range(n):
+            if use_rfx:
+                effects = self._modes
+            else:
+                effects = [rng.standard_normal((b.n_levels, b.n_terms)) @ f.T for b, f in zip(design.blocks, factors)]
+            mu = self.family.inverse_link(design.linear_predictor(self.beta, effects))
+            out[:, i] = self.family.random(mu[None, :], aux, rng, trials=design.trials)[0]
+        return pd.DataFrame(out, index=design.data.index, columns=[f"sim_{i}" for i in range(1, n + 1)])
 
     # -- printed forms ---------------------------------------------------------------------------
     def summary_parts(self) -> SummaryParts:
@@ -377,7 +526,7 @@ def _lmm_result(design: Design, fit: RemlFit, family: Family) -> FrequentistResu
     aux = {"sigma": fit.sigma}
     return _result(
         design, fit, family, coefs, fitted, aux, REML=fit.REML, sigma=fit.sigma, nAGQ=None,
-        df_method=fit.df_method, vcov_method="sigma^2 (RX'RX)^-1",
+        df_method=fit.df_method, vcov_method="sigma^2 (RX'RX)^-1", reml=fit,
     )
 
 
@@ -402,7 +551,7 @@ def _glmm_result(design: Design, fit: GlmmFit, family: Family) -> FrequentistRes
     fitted = family.inverse_link(fit.eta)
     return _result(
         design, fit, family, coefs, fitted, dict(fit.aux), REML=False, sigma=None, nAGQ=fit.nAGQ,
-        df_method="Wald z", vcov_method=fit.vcov_method,
+        df_method="Wald z", vcov_method=fit.vcov_method, laplace=fit,
     )
 
 

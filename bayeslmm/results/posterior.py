@@ -51,7 +51,8 @@ def linear_predictor(design: Design, posterior: xr.Dataset, draws: slice | np.nd
     ndarray, shape (draws, n)
     """
     select = slice(None) if draws is None else draws
-    beta = stack_draws(posterior, "beta").reshape(-1, len(design.fixed_terms))[select]
+    total = posterior.sizes["chain"] * posterior.sizes["draw"]
+    beta = stack_draws(posterior, "beta").reshape(total, len(design.fixed_terms))[select]
     effects = []
     for block in design.blocks:
         ranef = stack_draws(posterior, var_names(block)["ranef"])

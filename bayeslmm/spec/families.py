@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from bayeslmm.errors import DataError, UnsupportedSyntaxError
+from bayeslmm.spec.distributions import Prior
 from bayeslmm.spec.formula import is_cbind
-
-if TYPE_CHECKING:
-    from bayeslmm.spec.priors import Prior
 
 __all__ = ["Link", "Family", "Gaussian", "get_family", "FAMILIES"]
 
@@ -266,8 +263,6 @@ class Gaussian(Family):
         return float(np.mean(y))
 
     def default_aux_priors(self, y: np.ndarray) -> dict[str, "Prior"]:
-        from bayeslmm.spec.priors import Prior
-
         return {"sigma": Prior("HalfStudentT", nu=4, sigma=self.fixed_prior_scale(y))}
 
     def log_likelihood(self, y, mu, aux, trials=None) -> np.ndarray:
@@ -433,8 +428,6 @@ class NegativeBinomial(Poisson):
     aux: tuple[str, ...] = ("dispersion",)
 
     def default_aux_priors(self, y):
-        from bayeslmm.spec.priors import Prior
-
         return {"dispersion": Prior("Gamma", alpha=0.01, beta=0.01)}
 
     def log_likelihood(self, y, mu, aux, trials=None):
