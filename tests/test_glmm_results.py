@@ -267,3 +267,28 @@ def test_pointwise_log_likelihood_and_lrt(binomial, cbpp):
         warnings.simplefilter("ignore")  # Pareto k of a 80-draw stand-in posterior
         table = lrt(smaller, binomial)
     assert list(table["npar"]) == [2, 5] and table["best"].sum() == 1
+
+
+def test_frequentist_predict_simulate_and_contrasts(binomial, cbpp):
+    fit = binomial.fit_frequentist()
+    import json
+    from pathlib import Path
+
+    fitted = json.loads((Path(__file__).parent / "reference" / "glmer.json").read_text())["cbpp_logit"]["fitted"]
+    np.testing.assert_allclose(fit.predict(), fitted, rtol=2e-4)  # lme4's fitted(): probabilities
+    np.testing.assert_allclose(fit.predict(pred_type="link"), np.log(fit.fitted / (1 - fit.fitted)), rtol=1e-10)
+    new_herd = cbpp.head(4).assign(herd=99)  # an unseen herd gets the population level
+    np.testing.assert_allclose(fit.predict(new_herd), expit(binomial.design.X[:4] @ fit.beta), rtol=1e-12)
+    sims = fit.simulate(400, random_seed=3).to_numpy()
+    n = cbpp["size"].to_numpy()[:, None]
+    assert ((sims >= 0) & (sims <= n) & (sims == np.round(sims))).all()
+    # binomial draws around trials x fitted probability: within 4 standard errors of the mean of 400
+    mean, sd = n[:, 0] * fit.fitted, np.sqrt(n[:, 0] * fit.fitted * (1 - fit.fitted) / 400)
+    assert (np.abs(sims.mean(axis=1) - mean) < 4 * sd).all()
+    contrasts = fit.test_contrasts(np.eye(4)[[1]] - np.eye(4)[[2]])
+    assert list(contrasts.columns) == ["Estimate", "SE", "Z-stat", "P-val"]
+    assert contrasts["Estimate"].iloc[0] == pytest.approx(fit.beta[1] - fit.beta[2])
+    single = fit.test_contrasts(np.eye(4)[[3]])
+    assert single["P-val"].iloc[0] == pytest.approx(fit.coefs["P-val"].iloc[3])
+    with pytest.raises(UnsupportedSyntaxError, match="Satterthwaite df are for gaussian models"):
+        fit.anova()
