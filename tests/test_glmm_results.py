@@ -267,6 +267,15 @@ def test_pointwise_log_likelihood_and_lrt(binomial, cbpp):
         warnings.simplefilter("ignore")  # Pareto k of a 80-draw stand-in posterior
         table = lrt(smaller, binomial)
     assert list(table["npar"]) == [2, 5] and table["best"].sum() == 1
+    # lme4's anova(m0, m1) of the two Laplace fits
+    import json
+    from pathlib import Path
+
+    reference = json.loads((Path(__file__).parent / "reference" / "glmer.json").read_text())["cbpp_lrt"]
+    assert table["logLik"].iloc[0] == pytest.approx(reference["logLik_null"], abs=1e-4)
+    assert table["Chisq"].iloc[1] == pytest.approx(reference["Chisq"], abs=2e-4)
+    assert table["Df"].iloc[1] == reference["Df"]
+    assert table["P-val"].iloc[1] == pytest.approx(reference["p"], rel=1e-3)
 
 
 def test_frequentist_predict_simulate_and_contrasts(binomial, cbpp):

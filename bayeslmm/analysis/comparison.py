@@ -4,9 +4,10 @@ pymer4's ``lrt(model1, model2, ...)`` compares nested models with a likelihood-r
 call compares models by their expected log predictive density (``elpd``) for new observations,
 estimated by Pareto-smoothed importance-sampling leave-one-out cross-validation (PSIS-LOO, ArviZ), as
 brms's ``loo_compare`` does. Models need not be nested; they must be fitted to the same observations.
-With ``refit=True`` (the default, as pymer4) and gaussian models, lme4's answer joins the table: the
-models refitted by maximum likelihood, and for each model nested in the one above it the
-likelihood-ratio test (see :func:`lrt` for the nesting rule).
+With ``refit=True`` (the default, as pymer4) and models of one family, lme4's answer joins the table:
+the models refitted by maximum likelihood (``lmer`` with ``REML = FALSE``, or glmer's Laplace fit), and
+for each model nested in the one above it the likelihood-ratio test (see :func:`lrt` for the nesting
+rule).
 
 Public functions (each takes fitted :class:`~bayeslmm.Lmer` models):
 
@@ -664,8 +665,9 @@ def lrt(
         How ArviZ computes the model weights: ``"stacking"`` (default), ``"bb-pseudo-bma"`` or
         ``"pseudo-bma"``.
     refit : bool
-        Add lme4's ``anova(..., refit = TRUE)`` columns from maximum-likelihood refits (gaussian
-        ``Lmer`` models only; computed once per model): ``AIC``, ``BIC``, ``logLik``, ``deviance``, and
+        Add lme4's ``anova(..., refit = TRUE)`` columns from maximum-likelihood fits (``Lmer`` models of
+        one family and link; ML for gaussian models, glmer's Laplace fit for the others; computed once
+        per model): ``AIC``, ``BIC``, ``logLik``, ``deviance``, and
         for each row nested in the row above ``Chisq`` (twice the gain in log-likelihood, at least 0),
         ``Df`` (the difference in ``npar``) and ``P-val`` (chi-square). A model is *nested* in the one
         above when it has fewer parameters, its fixed-effect columns lie in the span of the other's,
@@ -719,7 +721,7 @@ def lrt(
         warnings.warn(message, ParetoKWarning, stacklevel=2)
         notes.append(message)
     table = _comparison_table(models, labels, elpds, criterion, method)
-    if refit and all(m.family.name == "gaussian" and hasattr(m, "fit_frequentist") for m in models):
+    if refit and all(hasattr(m, "fit_frequentist") for m in models) and len({m.family for m in models}) == 1:
         table = _likelihood_ratio_tests(table, dict(zip(labels, models)))
     return ModelComparison.build(table, criterion, dict(zip(labels, elpds)), notes, kfold)
 

@@ -263,6 +263,12 @@ f <- cbind(incidence, size - incidence) ~ period + (1 | herd)
 G$cbpp_logit <- glmer_info(capture(glmer(f, family = binomial, data = cbpp)), ftext(f))
 G$cbpp_logit_agq25 <- glmer_info(capture(glmer(f, family = binomial, data = cbpp, nAGQ = 25)),
                                  ftext(f))
+## likelihood-ratio test of period, as anova(m0, m1) on two Laplace fits
+null_fit <- glmer(cbind(incidence, size - incidence) ~ 1 + (1 | herd), family = binomial, data = cbpp)
+lrt_table <- anova(null_fit, glmer(f, family = binomial, data = cbpp))
+G$cbpp_lrt <- list(formula_null = "cbind(incidence, size - incidence) ~ 1 + (1 | herd)",
+                   logLik_null = as.numeric(logLik(null_fit)), Chisq = lrt_table$Chisq[2],
+                   Df = lrt_table$Df[2], p = lrt_table[["Pr(>Chisq)"]][2])
 G$cbpp_probit <- glmer_info(capture(glmer(f, family = binomial(link = "probit"), data = cbpp)),
                             ftext(f))
 G$cbpp_cloglog <- glmer_info(capture(glmer(f, family = binomial(link = "cloglog"), data = cbpp)),
