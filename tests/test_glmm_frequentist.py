@@ -52,15 +52,27 @@ def _fit(formula: str, data: pd.DataFrame, family: str, nAGQ: int = 1, **options
     return Lmer(formula, data, family=family, **options).fit_frequentist(nAGQ=nAGQ)
 
 
-def _check_reference(result: FrequentistResult, key: str, loglik_key: str = "logLik", se: bool = True) -> None:
-    """Fixed effects, SEs, z values, SDs, correlations, logLik, AIC, BIC and df.resid against a reference."""
+def _check_reference(
+    result: FrequentistResult, key: str, loglik_key: str = "logLik", se: bool = True, within_se: float | None = None
+) -> None:
+    """Fixed effects, SEs, z values, SDs, correlations, logLik, AIC, BIC and df.resid against a reference.
+
+    ``within_se``: compare the estimates to this fraction of their SE instead of to 4 digits (for a
+    coefficient with a large SE, lme4's optimiser stops further from the optimum than 4 digits).
+    """
     reference = REFERENCE[key]
     assert [_r_name(t) for t in result.coefs.index] == list(reference["fixef"])
     for term, row in result.coefs.iterrows():
-        _digits(row["Estimate"], reference["fixef"][_r_name(term)])
+        if within_se is None:
+            _digits(row["Estimate"], reference["fixef"][_r_name(term)])
+        else:
+            assert abs(row["Estimate"] - reference["fixef"][_r_name(term)]) <= within_se * row["SE"], term
         if se:
             _digits(row["SE"], reference["SE"][_r_name(term)])
-            _digits(row["Z-stat"], reference["z"][_r_name(term)])
+            if within_se is None:
+                _digits(row["Z-stat"], reference["z"][_r_name(term)])
+            else:  # z is in SE units
+                assert abs(row["Z-stat"] - reference["z"][_r_name(term)]) <= within_se, term
     sds = {f"{group}:{name}": std for group, name, std in result.ranef_var[["Name", "Std"]].itertuples()}
     assert sds.keys() == reference["sd"].keys()
     for name, value in reference["sd"].items():
@@ -245,6 +257,13 @@ def test_adaptive_gauss_hermite_against_lme4(cbpp):
     # lme4 prints nAGQ > 1 log-likelihoods without the saturated model's; this is the full one
     _check_reference(result, "cbpp_logit_agq25", loglik_key="logLik_full_scale")
     assert result.nAGQ == 25 and "nAGQ = 25" in str(result.summary())
+
+
+def test_adaptive_gauss_hermite_on_verbagg_against_lme4():
+    result = _fit("r2 ~ Anger + Gender + btype + situ + (1 | id)", load_dataset("verbagg"), "binomial", nAGQ=8)
+    # 0/1 data: the saturated log-likelihood is 0, so lme4's printed logLik is the full one here. The
+    # log-likelihoods agree to 1e-6; lme4 stops 2e-4 SE short on the intercept (0.20543 for 0.20536)
+    _check_reference(result, "verbagg_agq", loglik_key="logLik_full_scale", within_se=1e-3)
 
 
 def test_quadrature_with_one_node_is_laplace(cbpp, logit):
