@@ -80,9 +80,10 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import linalg, optimize
+from scipy import linalg
 
 from bayeslmm.engines.least_squares import glm, glm_working
 from bayeslmm.engines.numerical import gradient_and_hessian, scaled_gradient
@@ -97,6 +98,9 @@ from bayeslmm.engines.pwls import (
 from bayeslmm.errors import ConvergenceWarning, DataError, UnsupportedSyntaxError
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.families import Family
+
+if TYPE_CHECKING:
+    from scipy.optimize import OptimizeResult
 
 __all__ = ["GlmmFit", "fit_laplace", "LAPLACE_FAMILIES", "SINGULAR_TOLERANCE"]
 
@@ -541,9 +545,10 @@ class _LaplaceDeviance:
 
 @dataclass
 class _StageOne:
+    """Stage 1's estimates, whether its optimiser succeeded, and its number of evaluations."""
+
     theta: np.ndarray
     beta: np.ndarray
-    unscaled: np.ndarray  # (RX'RX)^-1 at the stage-1 optimum
     success: bool
     nfev: int
 
@@ -590,7 +595,7 @@ def _stage_one(model: _LaplaceDeviance) -> _StageOne:
     if model.lme4:
         model.start_eta = mode.terms.eta  # lme4's lp0 of stage 2
     model.beta_scale = np.sqrt(np.maximum(np.diag(mode.unscaled), _EPS))
-    return _StageOne(theta, mode.beta, mode.unscaled, bool(result.success), n_evaluations)
+    return _StageOne(theta, mode.beta, bool(result.success), n_evaluations)
 
 
 def _stage_two(model: _LaplaceDeviance, stage1: _StageOne):
@@ -608,6 +613,7 @@ def _stage_two(model: _LaplaceDeviance, stage1: _StageOne):
 
     start = np.concatenate([stage1.theta, np.zeros(model.p), log_aux0])
     bounded = np.concatenate([model.diagonal, np.zeros(len(start) - m, dtype=bool)])
+
     def steps_at(x: np.ndarray) -> int | None:
         theta, beta, log_aux = model.split(natural(x))
         try:
@@ -659,8 +665,10 @@ def _minimize_by_branch(
     return result, n_evaluations
 
 
-def _minimize(objective, start: np.ndarray, bounded: np.ndarray, radius: float) -> optimize.OptimizeResult:
+def _minimize(objective, start: np.ndarray, bounded: np.ndarray, radius: float) -> "OptimizeResult":
     """COBYQA from ``start``, initial trust radius ``radius``, with the ``bounded`` coordinates kept >= 0."""
+    from scipy import optimize  # 0.1 s to import: only when a model is fitted
+
     lower = np.where(bounded, 0.0, -np.inf)
     return optimize.minimize(
         objective,
