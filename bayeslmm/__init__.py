@@ -27,6 +27,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import sys
+import types
 
 from bayeslmm.errors import (
     BayeslmmError,
@@ -36,6 +37,7 @@ from bayeslmm.errors import (
     NotFittedError,
     ParetoKWarning,
     PriorError,
+    PriorSensitivityWarning,
     ResultFileError,
     UnsupportedSyntaxError,
 )
@@ -91,6 +93,7 @@ __all__ = [
     "NotFittedError",
     "ParetoKWarning",
     "PriorError",
+    "PriorSensitivityWarning",
     "ResultFileError",
     "UnsupportedSyntaxError",
 ]
@@ -111,14 +114,34 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
+class _AliasModule(types.ModuleType):
+    """An old module path: its names are those of the module it moved to, then the package's own
+    (``bayeslmm.pooling.Lm`` still works although ``Lm`` lives in :mod:`bayeslmm.models.lm`)."""
+
+    def __init__(self, name: str, target: str) -> None:
+        super().__init__(name, f"Alias of {target} (bayeslmm 0.1's module path).")
+        self.__target = target
+
+    def __getattr__(self, attribute: str):
+        module = importlib.import_module(self.__target)
+        if hasattr(module, attribute):
+            return getattr(module, attribute)
+        if attribute in _LAZY:
+            return __getattr__(attribute)
+        raise AttributeError(f"module {self.__name__!r} (now {self.__target!r}) has no attribute {attribute!r}")
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(dir(importlib.import_module(self.__target))) | set(_LAZY))
+
+
 class _AliasLoader(importlib.abc.Loader):
-    """Load an old module path as the module it moved to (the same object, not a copy)."""
+    """Load an old module path as an :class:`_AliasModule` of the module it moved to."""
 
     def __init__(self, target: str) -> None:
         self.target = target
 
     def create_module(self, spec):
-        return importlib.import_module(self.target)
+        return _AliasModule(spec.name, self.target)
 
     def exec_module(self, module) -> None:
         pass

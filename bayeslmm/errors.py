@@ -16,6 +16,7 @@ __all__ = [
     "ResultFileError",
     "ConvergenceWarning",
     "ParetoKWarning",
+    "PriorSensitivityWarning",
 ]
 
 
@@ -53,3 +54,8 @@ class ConvergenceWarning(UserWarning):
 
 class ParetoKWarning(UserWarning):
     """PSIS-LOO is unreliable for some observations (Pareto k above 0.7): refit them or use K-fold."""
+
+
+class PriorSensitivityWarning(UserWarning):
+    """A parameter the data say little about, so that its posterior follows its prior (e.g. the SD of a
+    grouping factor with fewer than five levels): choose that prior deliberately."""

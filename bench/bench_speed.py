@@ -34,10 +34,10 @@ INSTEVAL = "y ~ service + (1 | s) + (1 | d) + (1 | dept)"
 
 
 def fit_bayeslmm(formula, data, chains=4, tune=1000, draws=1000, seed=1):
-    from bayeslmm import marginal
-    from bayeslmm.design import build_design
-    from bayeslmm.formula import parse_formula
-    from bayeslmm.priors import default_priors
+    from bayeslmm.engines import collapsed as marginal
+    from bayeslmm.spec.design import build_design
+    from bayeslmm.spec.formula import parse_formula
+    from bayeslmm.spec.priors import default_priors
 
     start = time.perf_counter()
     design = build_design(parse_formula(formula), data)

@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bayeslmm import Lmer, load_dataset, plots  # noqa: E402
-from bayeslmm.comparison import lrt  # noqa: E402
+from bayeslmm.analysis.comparison import lrt  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "examples" / "output"

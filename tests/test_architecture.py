@@ -47,3 +47,16 @@ def test_collapsed_fit_loads_neither_pymc_nor_arviz_nor_matplotlib():
     )
     loaded = _modules_after(code)
     assert not loaded & {"pymc", "pytensor", "arviz", "arviz_stats", "arviz_plots", "matplotlib", "bambi"}
+
+
+def test_no_import_cycles():
+    """No module imports, directly or through others, a module that imports it (TYPE_CHECKING aside)."""
+    import grimp
+
+    graph = grimp.build_graph("bayeslmm", exclude_type_checking_imports=True)
+    cycles = []
+    for module in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(module)):
+            if imported != "bayeslmm" and graph.chain_exists(importer=imported, imported=module):
+                cycles.append(f"{module} <-> {imported}")
+    assert not cycles, cycles

@@ -172,3 +172,9 @@ def test_unexpected_failures_exit_1(workdir, monkeypatch, capsys):
     code = cli.main(["fit", INTERCEPTS, str(workdir / "sleep.csv")])
     assert code == 1
     assert capsys.readouterr().err == "bayeslmm: error: RuntimeError: sampler exploded\n"
+
+
+def test_compile_command_reports_each_engine(capsys):
+    assert cli.main(["compile"]) == 0
+    out = capsys.readouterr().out
+    assert "collapsed Gaussian sampler:" in out and " s" in out

@@ -20,7 +20,7 @@ pytest.importorskip("myst_parser")
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-PAGES = ["index", "getting-started", "pymer4", "syntax", "priors", "interpreting", "model", "pooling",
+PAGES = ["index", "getting-started", "pymer4", "syntax", "glmm", "priors", "interpreting", "model", "pooling",
          "comparison", "plots", "cli", "api"]
 
 
@@ -51,7 +51,7 @@ def test_docs_pages(site):
     api = (out / "api.html").read_text()
     for name in ["bayeslmm.Lmer", "bayeslmm.Lm2", "bayeslmm.lrt", "bayeslmm.Prior", "bayeslmm.load_dataset",
                  "bayeslmm.simulate_simpson", "bayeslmm.plots.plot_group_fits",
-                 "bayeslmm.frequentist.FrequentistResult", "bayeslmm.DataError"]:
+                 "bayeslmm.results.frequentist.FrequentistResult", "bayeslmm.DataError"]:
         assert f'id="{name}' in api, f"{name} is missing from the API reference"
     assert (out / "_images" / "group_fits.png").is_file(), "the plots gallery lost its images"
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 import warnings
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -393,10 +395,14 @@ def test_no_random_effects_is_an_error(sleepstudy):
         _fit("Reaction ~ Days", sleepstudy)
 
 
-def test_rank_deficient_fixed_effects_is_an_error(sleepstudy):
+def test_rank_deficient_fixed_effects_are_dropped_as_lme4(sleepstudy):
+    """lme4: 'fixed-effect model matrix is rank deficient so dropping 1 column / coefficient'."""
     data = sleepstudy.assign(Hours=24 * sleepstudy["Days"])
-    with pytest.raises(DataError, match="rank deficient"):
-        _fit("Reaction ~ Days + Hours + (1 | Subject)", data)
+    with pytest.warns(UserWarning, match="rank deficient so dropping 1 column / coefficient: Hours"):
+        fit = _fit("Reaction ~ Days + Hours + (1 | Subject)", data)
+    reference = _fit("Reaction ~ Days + (1 | Subject)", data)
+    assert list(fit.coefs.index) == ["(Intercept)", "Days"]
+    np.testing.assert_allclose(fit.beta, reference.beta, rtol=1e-8)
 
 
 def test_response_explained_exactly_is_an_error(sleepstudy):
@@ -410,3 +416,32 @@ def test_more_random_effects_than_observations_is_an_error():
     data = pd.DataFrame({"y": rng.normal(size=12), "x": rng.normal(size=12), "g": np.repeat(np.arange(6), 2)})
     with pytest.raises(DataError, match="random effects"):
         _fit("y ~ x + (x | g)", data)
+
+
+# --------------------------------------------------------------------------------------------------
+# singular fits, as lme4 reports them (tests/reference/lmer_extra.json)
+# --------------------------------------------------------------------------------------------------
+
+
+def _singular_reference() -> dict:
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(__file__).parent / "reference" / "lmer_extra.json").read_text())["singular"]
+
+
+def test_singular_fit_reported_as_lme4(sleepstudy):
+    """Three subjects, (Days|Subject): lme4 estimates a correlation of +1 and says 'boundary (singular) fit'."""
+    reference = _singular_reference()
+    case = reference["sleepstudy_3subjects"]
+    data = sleepstudy[sleepstudy["Subject"].isin([308, 309, 310])]
+    with pytest.warns(Warning, match=re.escape(reference["message_text"])):
+        fit = _fit(case["formula"], data)
+    assert fit.singular and reference["message_text"] in fit.summary()
+    assert fit.ranef_corr["Corr"].iloc[0] == pytest.approx(case["cor"]["Subject:(Intercept):Days"], abs=1e-4)
+    _close(fit.logLike, case["logLik"], 3)
+    _close(fit.sigma, case["sigma"], 2)
+
+
+def test_regular_fit_is_not_singular(intercepts):
+    assert not intercepts.singular and "singular" not in intercepts.summary()

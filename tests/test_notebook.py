@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,7 @@ def executed(tmp_path_factory):
         nb, km=manager, timeout=600, resources={"metadata": {"path": str(EXAMPLES)}}
     )
     env = dict(os.environ, MPLBACKEND="Agg", PYDEVD_DISABLE_FILE_VALIDATION="1")
+    env.pop("CI", None)  # as a user's notebook: progress bars on, so that their output is checked too
     started = time.perf_counter()
     try:
         client.execute(env=env)
@@ -101,6 +103,57 @@ def test_notebook_runs_without_errors(executed):
     assert seconds < 300, f"the notebook took {seconds:.0f} s; keep it under about 90 s"
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+( object)? at 0x[0-9a-fA-F]+>")
+
+
+def _texts(output) -> list[str]:
+    """Every text an output shows: stream text, and each mime type's content of a display or result."""
+    if output.output_type == "stream":
+        return [output.text]
+    if output.output_type in ("display_data", "execute_result"):
+        return [value if isinstance(value, str) else json.dumps(value) for value in output.get("data", {}).values()]
+    return []
+
+
+def test_outputs_name_no_internal_object(executed):
+    nb, _ = executed
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            for text in _texts(output):
+                assert not _OBJECT_REPR.search(text), f"an object repr in the output of:\n{cell.source}\n{text[:300]}"
+                for internal in ("IPython.core.display", "ipywidgets", "beta_centered", "NUTS["):
+                    assert internal not in text, f"{internal!r} in the output of:\n{cell.source}"
+
+
+def test_each_warning_is_shown_once(executed):
+    nb, _ = executed
+    for cell in nb.cells:
+        warned = [
+            line.split("Warning: ", 1)[1][:80]
+            for output in cell.get("outputs", [])
+            if output.output_type == "stream" and output.name == "stderr"
+            for line in output.text.splitlines()
+            if "Warning: " in line
+        ]
+        assert len(warned) == len(set(warned)), f"a warning repeated in:\n{cell.source}"
+        others = " ".join(t for o in cell.get("outputs", []) if o.output_type != "stream" for t in _texts(o))
+        for message in warned:
+            assert message not in others, f"warning shown twice (also in a result) in:\n{cell.source}"
+
+
+def test_fit_cells_show_a_progress_bar_and_what_they_ask_for(executed):
+    nb, _ = executed
+    fit_cells = [cell for cell in nb.cells if cell.cell_type == "code" and ".fit(" in cell.source]
+    assert fit_cells
+    for cell in fit_cells:
+        bars = [o for o in cell.outputs if o.output_type == "display_data" and "bayeslmm-progress" in str(o.data)]
+        assert bars, f"no progress bar in:\n{cell.source}"
+        for bar in bars:
+            assert re.match(r"[\w ,]+: \d+/\d+ \w+ \(\d+%\)", bar.data["text/plain"]), bar.data["text/plain"]
+        errors = [o for o in cell.outputs if o.output_type == "stream" and o.name == "stderr"]
+        assert not errors, f"stderr output in a fit cell:\n{cell.source}\n{errors[0].text[:300]}"
+
+
 def test_simpsons_paradox_flips_the_sign(executed):
     simpson = _results(executed[0])["simpson"]
     low, high = simpson["complete_pooling_slope_ci"]
@@ -123,3 +176,23 @@ def test_model_comparison_ranking(executed):
     assert results["all_models"][-1] == "Reaction ~ 1 + (1 | Subject)"
     # the posterior mean and the REML estimate of the Days slope agree
     assert abs(results["days_slope"] - results["reml_days_slope"]) < 0.5
+
+
+def test_workflow_conclusions(executed):
+    results = _results(executed[0])
+    # the two-column lrt: lme4's likelihood-ratio tests of the course's pairs
+    assert results["days_lrt"] == {"chisq": pytest.approx(116.46, abs=0.01), "df": 1}
+    assert results["structure_lrt"] == {"chisq": pytest.approx(22.14, abs=0.01), "df": 2}
+    # anova on cake: lmerTest's F tests; temperature matters, the recipe does not
+    anova = results["anova"]
+    assert anova["temperature"]["F"] == pytest.approx(20.5199, rel=1e-4) and anova["temperature"]["p"] < 1e-15
+    assert anova["recipe"]["F"] == pytest.approx(0.24879, rel=1e-4) and anova["recipe"]["p"] > 0.7
+    assert anova["temperature"]["elpd_diff"] > max(4, 2 * anova["temperature"]["se_diff"])
+    assert anova["temperature"]["pd"] == 1.0 and anova["recipe"]["pd"] < 0.9
+    # post-hoc: emmeans' Tukey p-values; the posterior intervals of the recipe differences cover 0
+    contrasts = results["recipe_contrasts"]
+    assert contrasts["A - B"]["p_tukey"] == pytest.approx(0.81999, abs=1e-4)
+    assert all(c["low"] < 0 < c["high"] for c in contrasts.values())
+    assert results["poly_linear"] > 5  # the linear trend of temperature (lme4: 6.61)
+    # a prediction for a fitted driver is that driver's line
+    assert results["prediction_308_day5"] == pytest.approx(results["fixef_308_day5"], rel=1e-10)

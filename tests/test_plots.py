@@ -104,6 +104,21 @@ def quivers(ax) -> list[Quiver]:
 
 
 # ------------------------------------------------------------------------------------------ group fits
+def test_group_fit_lines_are_the_group_coefficients(model, sleep):
+    """Each facet's posterior-mean line is coef(group) intercept + slope * x; its no-pooling line is the OLS line."""
+    fig = plots.plot_group_fits(model, "Days", "Subject", no_pooling=True, complete_pooling=True)
+    for ax, subject in zip(fig.axes, model.fixef.index):
+        mean_line, no_pooling, complete = ax.lines[:3]
+        x = np.asarray(mean_line.get_xdata())
+        coef = model.fixef.loc[subject]
+        np.testing.assert_allclose(mean_line.get_ydata(), coef["(Intercept)"] + coef["Days"] * x, rtol=1e-10)
+        rows = sleep[sleep["Subject"] == subject]
+        slope, intercept = np.polyfit(rows["Days"], rows["Reaction"], 1)
+        np.testing.assert_allclose(no_pooling.get_ydata(), intercept + slope * x, rtol=1e-10)
+    slope, intercept = np.polyfit(sleep["Days"], sleep["Reaction"], 1)
+    np.testing.assert_allclose(complete.get_ydata(), intercept + slope * x, rtol=1e-10)
+
+
 def test_group_fits_has_one_facet_per_subject(model, tmp_path):
     fig = plots.plot_group_fits(model, "Days", "Subject", no_pooling=True, complete_pooling=True)
     assert len(fig.axes) == N_SUBJECTS

@@ -1,9 +1,13 @@
-"""Comparison: predictive accuracy of fitted models, in place of likelihood-ratio tests.
+"""Comparison: predictive accuracy of fitted models, next to likelihood-ratio tests.
 
 pymer4's ``lrt(model1, model2, ...)`` compares nested models with a likelihood-ratio test. Here the same
 call compares models by their expected log predictive density (``elpd``) for new observations,
 estimated by Pareto-smoothed importance-sampling leave-one-out cross-validation (PSIS-LOO, ArviZ), as
 brms's ``loo_compare`` does. Models need not be nested; they must be fitted to the same observations.
+With ``refit=True`` (the default, as pymer4) and models of one family, lme4's answer joins the table:
+the models refitted by maximum likelihood (``lmer`` with ``REML = FALSE``, or glmer's Laplace fit), and
+for each model nested in the one above it the likelihood-ratio test (see :func:`lrt` for the nesting
+rule).
 
 Public functions (each takes fitted :class:`~bayeslmm.Lmer` models):
 
@@ -14,7 +18,7 @@ Public functions (each takes fitted :class:`~bayeslmm.Lmer` models):
                          model exactly without each observation whose Pareto k exceeds 0.7
 ``kfold(m, k=10)``       K-fold cross-validation (ArviZ ``ELPDDataLOOKFold``)
 ``waic(m)``              WAIC (:class:`ELPDDataWAIC`)
-``r2(m)``                Bayesian R-squared, marginal and conditional, with intervals
+``r2(m)``                Bayesian R-squared (brms's ``bayes_R2``), marginal and conditional
 ``n_parameters(m)``      number of parameters, as lme4's ``npar``/``Df`` in ``anova``
 =======================  ===========================================================================
 
@@ -42,6 +46,9 @@ from arviz_stats.utils import ELPDData
 from scipy.special import logsumexp
 
 from bayeslmm.engines import collapsed
+from bayeslmm.engines.posterior_names import var_names
+from bayeslmm.engines.progress import Progress
+from bayeslmm.engines.sampling import resolve_progressbar
 from bayeslmm.errors import (
     ConvergenceWarning,
     DataError,
@@ -50,7 +57,7 @@ from bayeslmm.errors import (
 )
 from bayeslmm.results import posterior as posterior_eval
 from bayeslmm.results import summaries
-from bayeslmm.results.report import SummaryParts, layout_html, layout_text
+from bayeslmm.results.report import SummaryParts, layout_html, layout_text, p_value_format
 from bayeslmm.spec.design import Design
 
 if TYPE_CHECKING:
@@ -66,6 +73,8 @@ __all__ = [
     "loo",
     "lrt",
     "n_parameters",
+    "n_high_k",
+    "nested",
     "r2",
     "waic",
 ]
@@ -204,6 +213,11 @@ def _psis_loo(tree: xr.DataTree) -> Any:
         return az.loo(tree, pointwise=True, var_name="y")
 
 
+def n_high_k(result: Any) -> int:
+    """Number of observations whose Pareto k exceeds :data:`K_THRESHOLD` in a PSIS-LOO result (0 for K-fold)."""
+    return _n_high_k(result)
+
+
 def _n_high_k(result: Any) -> int:
     if getattr(result, "pareto_k", None) is None:
         return 0
@@ -320,7 +334,6 @@ class _Refitter:
         if not self.collapsed:
             import nutpie
 
-            from bayeslmm.engines.posterior_names import var_names
             from bayeslmm.engines.pymc_model import build_model
 
             keep = ["beta", *model.family.aux] + [var_names(block)["ranef"] for block in model.design.blocks]
@@ -372,6 +385,9 @@ class _RefitWrapper(SamplingWrapper):
     Records the seconds and divergences of every refit.
     """
 
+    #: bayeslmm's progress bar over the refits (set by the caller that knows how many there are).
+    progress: Progress | None = None
+
     def __init__(self, model: "Lmer", tree: xr.DataTree, random_seed: int | None, **settings: Any) -> None:
         super().__init__(model=None, idata_orig=tree)
         self.lmer = model
@@ -395,6 +411,8 @@ class _RefitWrapper(SamplingWrapper):
             modified_observed_data, seed=seed, **self.settings, **self.options
         )
         self.seconds.append(seconds)
+        if self.progress is not None:
+            self.progress.update(len(self.seconds))
         self.divergences.append(divergences)
         return posterior
 
@@ -425,7 +443,9 @@ def _reloo(model: "Lmer", result: Any, **settings: Any) -> Any:
     """PSIS-LOO with the flagged observations replaced by exact leave-one-out refits (ArviZ ``reloo``)."""
     tree = _loo_tree(model)
     wrapper = _RefitWrapper(model, tree, settings.pop("random_seed", None), **settings)
-    refitted = az.reloo(wrapper, loo_orig=result, var_name="y", k_threshold=K_THRESHOLD, pointwise=True)
+    with Progress(_n_high_k(result), "Exact leave-one-out refits", "fits", enabled=resolve_progressbar(None)) as bar:
+        wrapper.progress = bar
+        refitted = az.reloo(wrapper, loo_orig=result, var_name="y", k_threshold=K_THRESHOLD, pointwise=True)
     refitted.refit_seconds = list(wrapper.seconds)
     refitted.compile_seconds = wrapper.refitter.compile_seconds
     wrapper.warn_divergences("leave-one-out")
@@ -506,7 +526,10 @@ def _kfold(model: "Lmer", folds: np.ndarray, random_seed: int | None, **settings
     """K-fold cross-validation with given folds (ArviZ ``loo_kfold`` on the compiled weighted model)."""
     tree = _loo_tree(model)
     wrapper = _RefitWrapper(model, tree, random_seed, **settings)
-    result = az.loo_kfold(tree, wrapper, pointwise=True, var_name="y", folds=folds)
+    n_folds = len(np.unique(folds))
+    with Progress(n_folds, f"{n_folds}-fold cross-validation", "fits", enabled=resolve_progressbar(None)) as bar:
+        wrapper.progress = bar
+        result = az.loo_kfold(tree, wrapper, pointwise=True, var_name="y", folds=folds)
     result.compile_seconds = wrapper.refitter.compile_seconds
     result.fold_seconds = list(wrapper.seconds)
     wrapper.warn_divergences("K-fold")
@@ -539,10 +562,17 @@ def _resolve_folds(
 def r2(model: "Lmer", prob: float = 0.95) -> pd.DataFrame:
     """Bayesian R-squared (Gelman, Goodrich, Gabry & Vehtari 2019), marginal and conditional.
 
-    For every posterior draw ``s``, with ``mu_s`` the fitted means of the rows and ``y`` the data,
+    For every posterior draw ``s``, with ``mu_s`` the expected responses of the rows and ``y`` the data,
     ``R2_s = var(mu_s) / (var(mu_s) + var(y - mu_s))`` (variances over rows), as brms's ``bayes_R2``.
-    *Conditional* uses the fitted means with the group effects; *marginal* the fixed effects only
-    (brms's ``bayes_R2(re_formula = NA)``), so its residual variance includes the group effects.
+    *Conditional* uses the expected responses with the group effects; *marginal* the fixed effects
+    only (brms's ``bayes_R2(re_formula = NA)``), so its residual variance includes the group effects.
+
+    For generalized linear mixed models this is the same definition on the response scale, as brms's
+    (not Nakagawa & Schielzeth's R2 with a distribution-specific variance on the link scale): ``y`` is the
+    response as the family encodes it (the number of successes for binomial models, counts for counts)
+    and ``mu_s`` its expected value under draw ``s`` (trials x probability, or the mean count), offsets
+    included. A binary response's residual variance is large, so such R2 values are low by
+    construction.
 
     Parameters
     ----------
@@ -563,11 +593,14 @@ def r2(model: "Lmer", prob: float = 0.95) -> pd.DataFrame:
     chains, draws = posterior.sizes["chain"], posterior.sizes["draw"]
     total = chains * draws
     beta = summaries.stack_draws(posterior, "beta").reshape(total, -1)
+    trials = 1.0 if design.trials is None else design.trials
     values = np.empty((total, 2))
     for start in range(0, total, _DRAW_CHUNK):
         part = slice(start, min(start + _DRAW_CHUNK, total))
-        values[part, 0] = _r2_draws(design.y, family.inverse_link(beta[part] @ design.X.T))
-        values[part, 1] = _r2_draws(design.y, family.inverse_link(posterior_eval.linear_predictor(design, posterior, part)))
+        marginal = design.linear_predictor(beta[part])
+        conditional = posterior_eval.linear_predictor(design, posterior, part)
+        values[part, 0] = _r2_draws(design.y, trials * family.inverse_link(marginal))
+        values[part, 1] = _r2_draws(design.y, trials * family.inverse_link(conditional))
     index = pd.Index(["marginal", "conditional"], name="R2")
     table = summaries.summarize(values.reshape(chains, draws, 2), index, prob=prob, diagnostics=False)
     return table.drop(columns="pd")
@@ -608,9 +641,10 @@ def lrt(
     names: list[str] | None = None,
     random_seed: int | None = None,
     method: str = "stacking",
+    refit: bool = True,
     **sampler_options: Any,
 ) -> "ModelComparison":
-    """Compare fitted models by expected log predictive density (PSIS-LOO), in place of pymer4's lrt.
+    """Compare fitted models by expected log predictive density (PSIS-LOO), and by lme4's likelihood-ratio test.
 
     Parameters
     ----------
@@ -630,6 +664,16 @@ def lrt(
     method : str
         How ArviZ computes the model weights: ``"stacking"`` (default), ``"bb-pseudo-bma"`` or
         ``"pseudo-bma"``.
+    refit : bool
+        Add lme4's ``anova(..., refit = TRUE)`` columns from maximum-likelihood fits (``Lmer`` models of
+        one family and link; ML for gaussian models, glmer's Laplace fit for the others; computed once
+        per model): ``AIC``, ``BIC``, ``logLik``, ``deviance``, and
+        for each row nested in the row above ``Chisq`` (twice the gain in log-likelihood, at least 0),
+        ``Df`` (the difference in ``npar``) and ``P-val`` (chi-square). A model is *nested* in the one
+        above when it has fewer parameters, its fixed-effect columns lie in the span of the other's,
+        and each of its random-effects blocks lies within one block of the other on the same grouping
+        factor (so its covariance structure is a special case); lme4 does not check nesting and tests
+        every consecutive pair, here the other pairs get no test.
     **sampler_options
         For refits: ``draws``, ``tune``, ``chains`` (default: each model's own) and options of
         ``nutpie.sample`` such as ``target_accept``.
@@ -641,7 +685,9 @@ def lrt(
         ``formula``, ``npar``, ``elpd_loo``, ``SE``, ``p_loo``, ``looic``, ``elpd_diff`` and ``SE_diff``
         (against the best model), stacking ``weight``, ``n_high_k`` (observations with Pareto k >
         0.7) and ``best``. With ``kfold`` the criterion columns are ``elpd_kfold``, ``p_kfold``,
-        ``kfoldic`` and ``n_high_k`` is missing. Printing gives an lrt-like table.
+        ``kfoldic`` and ``n_high_k`` is missing. With ``refit``: ``AIC``, ``BIC``, ``logLik``,
+        ``deviance``, ``Chisq``, ``Df``, ``P-val`` before ``best``. Printing gives an lrt-like table
+        whose footer says how the two kinds of answer relate.
 
     Raises
     ------
@@ -675,6 +721,8 @@ def lrt(
         warnings.warn(message, ParetoKWarning, stacklevel=2)
         notes.append(message)
     table = _comparison_table(models, labels, elpds, criterion, method)
+    if refit and all(hasattr(m, "fit_frequentist") for m in models) and len({m.family for m in models}) == 1:
+        table = _likelihood_ratio_tests(table, dict(zip(labels, models)))
     return ModelComparison.build(table, criterion, dict(zip(labels, elpds)), notes, kfold)
 
 
@@ -731,6 +779,66 @@ def _comparison_table(models: list["Lmer"], labels: list[str], elpds: list, crit
     return table.iloc[order]
 
 
+def _likelihood_ratio_tests(table: pd.DataFrame, models: dict[str, "Lmer"]) -> pd.DataFrame:
+    """lme4's ``anova`` columns from ML refits, with a test of each row against the row above when nested."""
+    from scipy import stats
+
+    fits = {label: models[label].fit_frequentist(REML=False) for label in table.index}
+    classical = pd.DataFrame(
+        {
+            "AIC": [fits[label].AIC for label in table.index],
+            "BIC": [fits[label].BIC for label in table.index],
+            "logLik": [fits[label].logLike for label in table.index],
+            "deviance": [fits[label].deviance for label in table.index],
+        },
+        index=table.index,
+    )
+    chisq, df, p = [np.nan], [pd.NA], [np.nan]
+    labels = list(table.index)
+    for above, label in zip(labels, labels[1:]):
+        extra = int(table.loc[label, "npar"] - table.loc[above, "npar"])
+        if extra > 0 and nested(models[above].design, models[label].design):
+            value = 2.0 * max(0.0, fits[label].logLike - fits[above].logLike)
+            chisq.append(value)
+            df.append(extra)
+            p.append(float(stats.chi2.sf(value, extra)))
+        else:
+            chisq.append(np.nan)
+            df.append(pd.NA)
+            p.append(np.nan)
+    classical["Chisq"] = chisq
+    classical["Df"] = pd.array(df, dtype="Int64")
+    classical["P-val"] = p
+    best = table.pop("best")
+    return table.join(classical).assign(best=best)
+
+
+def nested(smaller: Design, larger: Design) -> bool:
+    """Whether the model of ``smaller`` is a special case of that of ``larger`` (same rows assumed).
+
+    True when the fixed-effect columns of ``smaller`` lie in the span of those of ``larger`` and each
+    random-effects block of ``smaller`` lies within one block of ``larger`` on the same grouping
+    factor (its columns in the span of that block's columns).
+    """
+    if not _in_span(smaller.X, larger.X):
+        return False
+    for block in smaller.blocks:
+        candidates = [other for other in larger.blocks if other.factor == block.factor]
+        if not any(_in_span(block.Z, other.Z) for other in candidates):
+            return False
+    return True
+
+
+def _in_span(columns: np.ndarray, basis: np.ndarray) -> bool:
+    if columns.shape[1] == 0:
+        return True
+    if basis.shape[1] == 0:
+        return False
+    coefficients, *_ = np.linalg.lstsq(basis, columns, rcond=None)
+    residual = columns - basis @ coefficients
+    return bool(np.all(np.linalg.norm(residual, axis=0) <= 1e-8 * np.maximum(np.linalg.norm(columns, axis=0), 1.0)))
+
+
 class ModelComparison(pd.DataFrame):
     """Result of :func:`lrt`/:func:`compare`: a DataFrame with one row per model and an lrt-like print.
 
@@ -784,6 +892,9 @@ class ModelComparison(pd.DataFrame):
         frame = frame.rename(columns={"n_high_k": f"k>{K_THRESHOLD}"})
         if self.criterion == "kfold":
             frame = frame.drop(columns=f"k>{K_THRESHOLD}")
+        for column, text in (("Chisq", "{:.2f}".format), ("Df", lambda v: f"{int(v)}"), ("P-val", p_value_format)):
+            if column in frame:  # rows without a test print blank
+                frame[column] = [("" if pd.isna(value) else text(value)) for value in frame[column]]
         frame[""] = np.where(self["best"].to_numpy(), "<- best", "")
         return frame
 
@@ -792,13 +903,31 @@ class ModelComparison(pd.DataFrame):
             "elpd_diff: elpd minus the best model's; SE_diff: its standard error (paired over observations).",
             "A difference larger than about 4 and than 2 SE_diff is clear; smaller ones are not.",
         ]
-        return lines + [f"Warning: {note}" for note in self.notes]
+        if "Chisq" in self.columns:
+            lines += [
+                "AIC ... P-val: lme4's anova(refit = TRUE) of the maximum-likelihood refits; Chisq, Df, P-val test each "
+                "model against the row above, where it is nested in it (none otherwise).",
+                "The likelihood-ratio test asks whether the extra parameters are exactly 0; elpd_diff asks how much "
+                "better the model predicts new observations. A clear elpd gain usually comes with a small P-val, but not "
+                "the other way round: with many observations tiny effects are significant yet predict no better, and "
+                "P-vals of variance parameters (tested at their boundary, 0) are conservative.",
+            ]
+        if self.criterion != "kfold" and self["n_high_k"].fillna(0).sum():
+            # the full advice is in the ParetoKWarning (and in .notes); the table only points to it
+            lines.append(
+                f"k>{K_THRESHOLD}: observations whose PSIS-LOO estimate is unreliable; lrt(..., reloo=True) "
+                "or lrt(..., kfold=10) replaces it (see the warning)"
+            )
+        return lines
 
     def summary_parts(self) -> SummaryParts:
         """The printed form as :class:`~bayeslmm.results.report.SummaryParts`: title, models, table, how to read it."""
         formats = {"npar": "{:d}".format, "weight": "{:.2f}".format}
         frame = self._display_frame()
-        formats |= {c: "{:.1f}".format for c in frame.columns if c not in formats and c not in ("", f"k>{K_THRESHOLD}")}
+        formats |= {
+            c: "{:.1f}".format for c in frame.columns if c not in formats and c not in ("", f"k>{K_THRESHOLD}", "Chisq", "Df", "P-val")
+        }
+        formats |= {c: "{:.2f}".format for c in ("AIC", "BIC", "logLik", "deviance") if c in frame.columns}
         models = [f"{label}: {formula}" for label, formula in zip(self._short_labels(), self["formula"])]
         header = self._title().split("\n") + ["Models:", *models]
         return SummaryParts(header, [("", frame)], footer=self._footer_lines(), formats=formats)

@@ -18,6 +18,8 @@ import sys
 import threading
 import time
 
+from bayeslmm.engines.sampling import in_jupyter
+
 __all__ = ["Progress", "nutpie_callback"]
 
 _WIDTH = 30
@@ -76,8 +78,6 @@ class Progress:
         self._jupyter = False
         self._closed = False
         if self.enabled:
-            from bayeslmm.engines.sampling import in_jupyter
-
             self._jupyter = in_jupyter()
             self._draw(force=True)
 

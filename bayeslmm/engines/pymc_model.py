@@ -25,11 +25,12 @@ import pytensor.tensor as pt
 import xarray as xr
 
 from bayeslmm.engines.posterior_names import var_names
+from bayeslmm.engines.progress import Progress, nutpie_callback
 from bayeslmm.engines.sampling import SamplerSettings
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.families import Family
 from bayeslmm.spec.priors import ModelPriors, Prior
-from bayeslmm.spec.random_effects import INTERCEPT, RandomBlock
+from bayeslmm.spec.random_effects import RandomBlock
 
 __all__ = ["build_model", "build_group_regressions", "prior_variable", "sample_pymc"]
 
@@ -144,11 +145,14 @@ def sample_pymc(
     progressbar: bool = False,
     **options,
 ) -> tuple[xr.DataTree, SamplerSettings]:
-    """Sample the full PyMC ``model`` with NUTS (nutpie, or PyMC's own with ``nuts_sampler="pymc"``).
+    """Sample the full PyMC ``model`` with NUTS: nutpie (default) or PyMC's own (``nuts_sampler="pymc"``).
+
+    Progress is shown by bayeslmm's own bar (:mod:`bayeslmm.engines.progress`); neither sampler prints.
 
     Parameters
     ----------
     model : pymc.Model
+        With an observed variable ``y`` (or a weighted log-likelihood potential).
     draws, tune, chains : int
         Kept draws, tuning steps and chains.
     random_seed : int or None
@@ -157,7 +161,7 @@ def sample_pymc(
         Posterior variables to keep; internal ones (non-centred ``z``, centred ``beta``) are dropped.
     progressbar : bool
     **options
-        Passed to :func:`pymc.sample` (e.g. ``target_accept``, ``nuts_sampler``).
+        ``nuts_sampler``, ``target_accept``, ``maxdepth``, ``cores``.
 
     Returns
     -------
@@ -165,38 +169,66 @@ def sample_pymc(
         With ``posterior`` (only ``keep``), ``sample_stats`` and ``observed_data`` groups.
     settings : SamplerSettings
     """
-    options.setdefault("nuts_sampler", default_nuts_sampler())
+    options = dict(options)
+    nuts_sampler = options.pop("nuts_sampler", default_nuts_sampler())
     options.pop("method", None)
-    if "maxdepth" in options and options["nuts_sampler"] == "pymc":
-        options["max_treedepth"] = options.pop("maxdepth")
     start = time.perf_counter()
     with warnings.catch_warnings():
         # PyTensor's advice about BLAS concerns its C backend; nutpie compiles with numba instead
         warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS")
-        idata = pm.sample(
-            model=model,
-            draws=draws,
-            tune=tune,
-            chains=chains,
-            random_seed=random_seed,
-            progressbar=progressbar,
-            compute_convergence_checks=False,
-            **options,
-        )
+        with Progress(chains * (draws + tune), f"Sampling {chains} chains", "draws", enabled=progressbar) as bar:
+            if nuts_sampler == "nutpie":
+                idata = _sample_nutpie(model, draws, tune, chains, random_seed, keep, bar if progressbar else None, options)
+            else:
+                idata = _sample_pymc_nuts(model, draws, tune, chains, random_seed, bar if progressbar else None, options)
     seconds = time.perf_counter() - start
-    posterior = idata["posterior"].to_dataset()[keep]
+    observed = model.rvs_to_values[model["y"]].data if "y" in model.named_vars else np.zeros(0)
     tree = xr.DataTree.from_dict(
         {
-            "posterior": posterior,
+            "posterior": idata["posterior"].to_dataset()[keep],
             "sample_stats": idata["sample_stats"].to_dataset(),
-            "observed_data": idata["observed_data"].to_dataset() if "observed_data" in idata.children
-            else xr.Dataset({"y": (("obs",), model["y"].eval() if "y" in model else np.zeros(0))}),
+            "observed_data": xr.Dataset({"y": (("obs",), np.asarray(observed, dtype=float))}),
         }
     )
     settings = SamplerSettings(
-        sampler=options["nuts_sampler"], draws=draws, tune=tune, chains=chains, random_seed=random_seed, seconds=seconds
+        sampler=nuts_sampler, draws=draws, tune=tune, chains=chains, random_seed=random_seed, seconds=seconds
     )
     return tree, settings
+
+
+def _sample_nutpie(model, draws, tune, chains, random_seed, keep, bar, options) -> xr.DataTree:
+    """nutpie on the model compiled by PyMC (numba backend), without nutpie's own progress display."""
+    import nutpie
+
+    compiled = nutpie.compile_pymc_model(model, var_names=keep)
+    return nutpie.sample(
+        compiled, draws=draws, tune=tune, chains=chains, seed=random_seed, save_warmup=False, progress_bar=False,
+        progress_callback=nutpie_callback(bar) if bar is not None else None, **options,
+    )
+
+
+def _sample_pymc_nuts(model, draws, tune, chains, random_seed, bar, options) -> xr.DataTree:
+    """PyMC's own NUTS, with its progress bar and log lines replaced by bayeslmm's bar."""
+    import logging
+
+    if "maxdepth" in options:
+        options["max_treedepth"] = options.pop("maxdepth")
+    counted = [0]
+
+    def callback(trace, draw) -> None:
+        counted[0] += 1
+        bar.update(counted[0])
+
+    logger = logging.getLogger("pymc")
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # "NUTS: [beta_centered, ...]" names internal variables
+    try:
+        return pm.sample(
+            model=model, draws=draws, tune=tune, chains=chains, random_seed=random_seed, progressbar=False,
+            compute_convergence_checks=False, callback=callback if bar is not None else None, **options,
+        )
+    finally:
+        logger.setLevel(level)
 
 
 def build_group_regressions(
@@ -205,18 +237,18 @@ def build_group_regressions(
     """One PyMC model holding G independent regressions (``Lm2`` with non-Normal priors).
 
     Variables: ``beta`` (group, fixed_term) on the original scale, ``sigma`` (group,). Predictors are
-    centred within each group when there is an intercept, as :mod:`bayeslmm.model` does for one
-    regression, so each group's intercept prior is at that group's means.
+    centred within each group (:meth:`~bayeslmm.spec.random_effects.FixedEffects.centring` of the
+    group's rows), so each group's intercept prior is at that group's means.
     """
     terms = list(design.fixed_terms)
     X, G = design.X, len(levels)
     coords = {"group": list(levels), "fixed_term": terms, "obs": np.arange(design.n_obs)}
     grid = [[group_priors.fixed[term] for term in terms] for group_priors in priors]
     with pm.Model(coords=coords) as model:
-        if INTERCEPT in terms and len(terms) > 1:
-            intercept = terms.index(INTERCEPT)
-            means = _group_means(X, codes, G)
-            means[:, intercept] = 0.0
+        centrings = [design.fixed.subset(codes == g).centring() for g in range(G)]
+        intercept = centrings[0][1]
+        if intercept is not None:
+            means = np.stack([means for means, _ in centrings])
             centred = _matrix_rv("beta_centered", grid, dims=("group", "fixed_term"))
             shift = (means * centred).sum(axis=1)
             pm.Deterministic(
@@ -231,13 +263,6 @@ def build_group_regressions(
         sigma = prior_variable("sigma", [group_priors.sigma for group_priors in priors], dims="group")
         family.pymc_likelihood(eta, {"sigma": sigma[codes]}, design.y)
     return model
-
-
-def _group_means(X: np.ndarray, codes: np.ndarray, G: int) -> np.ndarray:
-    """Column means of ``X`` within each group, shape (G, p)."""
-    sums = np.zeros((G, X.shape[1]))
-    np.add.at(sums, codes, X)
-    return sums / np.bincount(codes, minlength=G)[:, None]
 
 
 def _matrix_rv(name: str, grid: list[list[Prior]], dims: tuple[str, str], name_as_deterministic: bool = False):

@@ -31,8 +31,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayeslmm.engines.progress import Progress
 from bayeslmm.engines.sampling import SamplerSettings
+from bayeslmm.spec.design import Design
 from bayeslmm.spec.priors import ModelPriors
+from bayeslmm.spec.random_effects import FixedEffects
 
 __all__ = ["supports", "RegressionDraws", "sample_regression", "sample_tree"]
 
@@ -67,30 +70,23 @@ class RegressionDraws:
 
 
 def sample_regression(
-    X: np.ndarray, y: np.ndarray, priors: ModelPriors, terms: tuple[str, ...], *, draws: int, chains: int,
-    rng: np.random.Generator, centre: bool = True,
+    fixed: FixedEffects, y: np.ndarray, priors: ModelPriors, *, draws: int, chains: int, rng: np.random.Generator
 ) -> RegressionDraws:
     """Exact posterior draws of a Gaussian linear regression (see the module docstring).
 
     Parameters
     ----------
-    X : ndarray, shape (n, p)
+    fixed : FixedEffects
+        ``X`` (n, p) and its terms; centred by :meth:`FixedEffects.centring`, as every sampler does.
     y : ndarray, shape (n,)
     priors : ModelPriors
         ``fixed`` (Normal, one per term, the intercept's on the centred scale) and ``aux["sigma"]``.
-    terms : tuple of str
-        Names of the columns of ``X``; ``"(Intercept)"`` marks the intercept.
     draws, chains : int
     rng : numpy.random.Generator
-    centre : bool
-        Centre the other predictors when there is an intercept.
     """
+    X, terms = fixed.X, fixed.terms
     n, p = X.shape
-    means = np.zeros(p)
-    intercept = terms.index("(Intercept)") if "(Intercept)" in terms else None
-    if centre and intercept is not None and p > 1:
-        means = X.mean(axis=0)
-        means[intercept] = 0.0
+    means, _ = fixed.centring()
     Xc = X - means
     moments = [priors.fixed[t].normal_moments() for t in terms]
     m = np.array([mu for mu, _ in moments], dtype=float)
@@ -131,10 +127,7 @@ def sample_regression(
     sd_coords = np.sqrt(s2 / (s2 + S_full**2))
     z = rng.standard_normal((total, p))
     gamma = (mean_coords + sd_coords * z) @ V_full.T
-    beta_c = m + gamma * s
-    beta = beta_c.copy()
-    if intercept is not None and p > 1 and centre:
-        beta[:, intercept] -= beta_c @ means
+    beta = fixed.uncentre(m + gamma * s)
     return RegressionDraws(beta=beta.reshape(chains, draws, p), sigma=sigma, accepted=accepted)
 
 
@@ -226,31 +219,31 @@ def _log_piecewise(grid: np.ndarray, values: np.ndarray, t: np.ndarray) -> np.nd
 
 
 def sample_tree(
-    X: np.ndarray,
-    y: np.ndarray,
+    design: Design,
     priors: list,
     codes: np.ndarray,
-    terms: tuple[str, ...],
     levels: pd.Index | None,
     *,
     draws: int,
     tune: int,
     chains: int,
     random_seed: int | None,
+    progressbar: bool = False,
 ) -> tuple[xr.DataTree, SamplerSettings]:
     """Posterior of one regression (``levels`` None) or of one regression per group, by the exact engine.
 
     Parameters
     ----------
-    X, y : ndarray
-        All rows.
+    design : Design
+        All rows (without random effects).
     priors : list of ModelPriors
         One per group (one for a single regression).
     codes : ndarray of int, shape (n,)
         Group of each row.
-    terms : tuple of str
     levels : pandas.Index, optional
         The groups; None for a single regression (``beta`` has dims (fixed_term,), else (group, fixed_term)).
+    progressbar : bool
+        Show bayeslmm's progress bar (regressions done).
 
     Returns
     -------
@@ -262,13 +255,13 @@ def sample_tree(
     start = time.perf_counter()
     rng = np.random.default_rng(random_seed)
     groups = 1 if levels is None else len(levels)
-    fits = [
-        sample_regression(
-            X[codes == g], y[codes == g], priors[g], tuple(terms), draws=draws, chains=chains, rng=rng
-        )
-        for g in range(groups)
-    ]
-    coords = {"chain": np.arange(chains), "draw": np.arange(draws), "fixed_term": list(terms)}
+    fits = []
+    with Progress(groups, f"Exact posterior, {chains} chains", "regressions", enabled=progressbar) as bar:
+        for g in range(groups):
+            rows = codes == g
+            fits.append(sample_regression(design.fixed.subset(rows), design.y[rows], priors[g], draws=draws, chains=chains, rng=rng))
+            bar.update(g + 1)
+    coords = {"chain": np.arange(chains), "draw": np.arange(draws), "fixed_term": list(design.fixed_terms)}
     if levels is None:
         posterior = xr.Dataset(
             {"beta": (("chain", "draw", "fixed_term"), fits[0].beta), "sigma": (("chain", "draw"), fits[0].sigma)},
@@ -292,7 +285,7 @@ def sample_tree(
         coords={"chain": np.arange(chains), "draw": np.arange(draws)},
         attrs={"inference_library": "bayeslmm", "sampler": "exact Gaussian regression"},
     )
-    observed = xr.Dataset({"y": (("obs",), y)}, coords={"obs": np.arange(len(y))})
+    observed = xr.Dataset({"y": (("obs",), design.y)}, coords={"obs": np.arange(design.n_obs)})
     tree = xr.DataTree.from_dict({"posterior": posterior, "sample_stats": stats, "observed_data": observed})
     rate = float(accepted.mean()) if accepted.size else 1.0
     settings = SamplerSettings(

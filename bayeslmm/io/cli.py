@@ -22,6 +22,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bayeslmm.errors import (
+    BayeslmmError,
+    ConvergenceWarning,
+    NotFittedError,
+    ParetoKWarning,
+)
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -51,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fit(commands)
     _add_summary(commands)
     _add_compare(commands)
+    _add_compile(commands)
     return parser
 
 
@@ -72,7 +80,8 @@ def _add_fit(commands) -> None:
             "Examples:\n"
             '  bayeslmm fit "Reaction ~ Days + (Days | Subject)" sleepstudy.csv\n'
             '  bayeslmm fit "Reaction ~ Days + (1 | Subject)" data.parquet --seed 1 --save m1.zarr\n'
-            '  bayeslmm fit "Reaction ~ Days + (Days | Subject)" sleepstudy   # a shipped data set'
+            '  bayeslmm fit "Reaction ~ Days + (Days | Subject)" sleepstudy   # a shipped data set\n'
+            '  bayeslmm fit "cbind(incidence, size - incidence) ~ period + (1 | herd)" cbpp --family binomial'
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -82,7 +91,23 @@ def _add_fit(commands) -> None:
         help="a .csv, .tsv or .parquet file, or the name of a shipped data set (sleepstudy, dyestuff, "
         "penicillin, cbpp, insteval, verbagg)",
     )
-    fit.add_argument("--family", default="gaussian", help="response family (default: gaussian)")
+    fit.add_argument(
+        "--family",
+        default="gaussian",
+        help="response family: gaussian (default), binomial, poisson or negbinomial",
+    )
+    fit.add_argument(
+        "--link", default=None, help="link function if not the family's default: probit or cloglog for binomial"
+    )
+    fit.add_argument(
+        "--weights",
+        metavar="COLUMN",
+        default=None,
+        help="column of binomial trials for a proportion response (glmer's weights=)",
+    )
+    fit.add_argument(
+        "--offset", metavar="COLUMN", default=None, help="column added to the linear predictor (glmer's offset=)"
+    )
     fit.add_argument("--draws", type=_positive_int, default=1000, help="kept draws per chain (default: 1000)")
     fit.add_argument("--tune", type=_non_negative_int, default=1000, help="tuning steps per chain (default: 1000)")
     fit.add_argument("--chains", type=_positive_int, default=4, help="number of chains (default: 4)")
@@ -123,6 +148,18 @@ def _add_compare(commands) -> None:
         "--names", nargs="+", metavar="NAME", help="row labels, one per result (default: the formulas)"
     )
     compare.set_defaults(handler=_run_compare)
+
+
+def _add_compile(commands) -> None:
+    compile_ = commands.add_parser(
+        "compile",
+        help="compile the samplers' kernels once, so that the first fit starts at once",
+        description=(
+            "Compile bayeslmm's numba kernels and cache them on disk (about 20 s, once per installation; "
+            "scripts/bootstrap.sh does it). Without it the first fit compiles them."
+        ),
+    )
+    compile_.set_defaults(handler=_run_compile)
 
 
 def _positive_int(text: str) -> int:
@@ -215,7 +252,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     if args.save is not None:
         check_save_path(args.save)  # fail before sampling, not after
     data = read_data(args.data)
-    model = Lmer(args.formula, data, family=args.family)
+    model = Lmer(args.formula, data, family=args.family, link=args.link, weights=args.weights, offset=args.offset)
     model.fit(
         draws=args.draws, tune=args.tune, chains=args.chains, random_seed=args.seed, progressbar=args.progressbar
     )
@@ -246,6 +283,14 @@ def _run_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_compile(args: argparse.Namespace) -> int:
+    from bayeslmm.engines.compiled import compile_all
+
+    print("compiling bayeslmm's kernels (once per installation) ...", flush=True)
+    compile_all(report=lambda line: print(f"  {line}", flush=True))
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bayeslmm`` command line.
@@ -265,8 +310,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version and argparse's own usage errors
         return int(exit_.code or 0)
-    from bayeslmm.errors import ConvergenceWarning, ParetoKWarning
-
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         # the summary and the comparison table print these already, with advice
@@ -287,8 +330,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_input_error(exc: BaseException) -> bool:
-    from bayeslmm.errors import BayeslmmError, NotFittedError
-
     if isinstance(exc, NotFittedError):
         return False
     return isinstance(exc, InputError | BayeslmmError | FileNotFoundError | FileExistsError | IsADirectoryError)

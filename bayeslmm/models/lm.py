@@ -15,7 +15,7 @@ from bayeslmm.errors import FormulaError
 from bayeslmm.models.base import Model
 from bayeslmm.results import summaries
 from bayeslmm.results.report import SummaryParts, display_table
-from bayeslmm.spec.design import build_design
+from bayeslmm.spec.contrasts import build_coded_design
 from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.formula import parse_formula
 from bayeslmm.spec.priors import default_priors
@@ -77,14 +77,14 @@ class Lm(Model):
                 f"random-effects terms {terms}; use Lmer for partial pooling or "
                 "Lm2(formula, data, group=...) for a separate regression per group"
             )
-        design = build_design(parsed, data, family)
+        design = build_coded_design(parsed, data, family)
         super().__init__(formula, design, family, default_priors(design, priors, family), priors)
 
     def _sample(self, *, draws, tune, chains, random_seed, progressbar, **options) -> tuple[xr.DataTree, SamplerSettings]:
         if regression.supports(self.model_priors) and options.get("nuts_sampler", "nutpie") == "nutpie":
             return regression.sample_tree(
-                self.design.X, self.design.y, [self.model_priors], np.zeros(self.design.n_obs, dtype=np.int64),
-                self.design.fixed_terms, None, draws=draws, tune=tune, chains=chains, random_seed=random_seed,
+                self.design, [self.model_priors], np.zeros(self.design.n_obs, dtype=np.int64), None,
+                draws=draws, tune=tune, chains=chains, random_seed=random_seed, progressbar=progressbar,
             )
         from bayeslmm.engines.pymc_model import (  # PyMC loads only for this path
             build_model,

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayeslmm import __version__
 from bayeslmm.engines.sampling import SamplerSettings
 from bayeslmm.errors import NotFittedError, ResultFileError
 from bayeslmm.spec.priors import Prior
@@ -150,8 +151,6 @@ def _is_result(path: Path) -> bool:
 
 
 def _metadata(model: "FittedModel") -> dict[str, Any]:
-    from bayeslmm import __version__
-
     return {
         "format_version": FORMAT_VERSION,
         "bayeslmm_version": __version__,
@@ -163,6 +162,7 @@ def _metadata(model: "FittedModel") -> dict[str, Any]:
         "sampler": dataclasses.asdict(model.sampler),
         "warnings": list(model.warnings),
         "n_dropped": int(model.design.n_dropped),
+        "column_types": [type(column).__name__ for column in model.design.data.columns],
     }
 
 
@@ -179,6 +179,8 @@ def _encode_value(value: Any) -> Any:
         return value.item()
     if isinstance(value, bool | int | float | str | list | tuple) or value is None:
         return value
+    if isinstance(value, dict) and "ndarray" not in value:  # Lmer's factors=: {column: levels or weights}
+        return {key: _encode_value(item) for key, item in value.items()}
     raise ResultFileError(f"cannot save a prior parameter of type {type(value).__name__}: {value!r}")
 
 
@@ -201,6 +203,13 @@ def _write(tree: xr.DataTree, path: Path, engine: str) -> None:
     # write next to the target and swap at the end: a failed save never leaves half a result behind
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
     try:
+        _write_to(tree, path, temporary, engine)
+    finally:
+        _remove(temporary)
+
+
+def _write_to(tree: xr.DataTree, path: Path, temporary: Path, engine: str) -> None:
+    try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_ZARR_NOISE)
             if engine == "zarr":
@@ -209,8 +218,8 @@ def _write(tree: xr.DataTree, path: Path, engine: str) -> None:
                 tree.to_netcdf(temporary, engine=engine)
         _remove(path)
         temporary.rename(path)
-    finally:
-        _remove(temporary)
+    except OSError as exc:  # the temporary file's name is ours: report the user's path and the reason
+        raise OSError(f"cannot write {str(path)!r}: {exc.strerror or type(exc).__name__}") from None
 
 
 def _remove(path: Path) -> None:
@@ -274,7 +283,7 @@ def read(path: str | os.PathLike) -> Archive:
         family=meta["family"],
         priors=_decode_priors(meta["priors"]),
         arguments={key: _decode_value(value) for key, value in meta.get("arguments", {}).items()},
-        data=_bytes_to_frame(tree[_DATA_GROUP]["arrow_ipc"].values, path),
+        data=_restore_column_types(_bytes_to_frame(tree[_DATA_GROUP]["arrow_ipc"].values, path), meta.get("column_types")),
         idata=_model_tree(tree),
         sampler=SamplerSettings(**meta["sampler"]),
         warnings=list(meta["warnings"]),
@@ -319,6 +328,15 @@ def _read_metadata(tree: xr.DataTree, path: Path) -> dict[str, Any]:
     if meta.get("class") not in SAVABLE:
         raise ResultFileError(f"{str(path)!r} holds a {meta.get('class')!r}, which this bayeslmm cannot load")
     return meta
+
+
+def _restore_column_types(frame: pd.DataFrame, types: list | None) -> pd.DataFrame:
+    """Column names back to the types they had (Arrow stores them as text: an integer name 0 comes back "0")."""
+    if not types or len(types) != frame.shape[1]:
+        return frame
+    casts = {"int": int, "float": float, "bool": lambda text: text == "True"}
+    names = [casts[kind](name) if kind in casts else name for name, kind in zip(frame.columns, types)]
+    return frame.set_axis(names, axis=1)
 
 
 def _bytes_to_frame(values: np.ndarray, path: Path) -> pd.DataFrame:

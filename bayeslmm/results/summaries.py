@@ -25,10 +25,15 @@ __all__ = [
     "wide_by_factor",
     "ranef_var_table",
     "ranef_corr_table",
+    "family_params_table",
     "stack_draws",
     "coef_columns",
+    "boundary_notes",
     "group_tables",
     "by_factor",
+    "observed_response",
+    "pearson_residuals",
+    "fitted_data",
 ]
 
 
@@ -62,7 +67,7 @@ def summarize(
         Columns ``Estimate``, ``<lo>_ci``, ``<hi>_ci``, ``SE``, ``pd`` and, with ``diagnostics``,
         ``R_hat``, ``ESS_bulk``, ``ESS_tail``.
     """
-    flat = draws.reshape(-1, draws.shape[-1])
+    flat = draws.reshape(draws.shape[0] * draws.shape[1], draws.shape[-1])
     low, high = interval_columns(prob)
     if hdi:
         import arviz as az  # only for HDIs: ArviZ takes a second to import
@@ -239,8 +244,21 @@ def ranef_corr_table(design: Design, posterior: xr.Dataset, prob: float = 0.95) 
     )
 
 
+def family_params_table(posterior: xr.Dataset, family, prob: float = 0.95) -> pd.DataFrame | None:
+    """The family's parameters other than ``sigma`` (the negative binomial's ``dispersion``), or None.
+
+    Posterior median (``Estimate``) and equal-tailed interval, one row per parameter; ``sigma`` is the
+    ``Residual`` row of :func:`ranef_var_table`.
+    """
+    names = [name for name in family.aux if name != "sigma"]
+    if not names:
+        return None
+    draws = np.stack([stack_draws(posterior, name) for name in names], axis=-1)
+    return _median_table(draws, pd.Index(names, name="parameter"), prob, value="Estimate")
+
+
 def _median_table(draws: np.ndarray, index: pd.Index, prob: float, value: str, **labels) -> pd.DataFrame:
-    flat = draws.reshape(-1, draws.shape[-1])
+    flat = draws.reshape(draws.shape[0] * draws.shape[1], draws.shape[-1])
     low, high = interval_columns(prob)
     lower, median, upper = np.quantile(flat, [(1 - prob) / 2, 0.5, (1 + prob) / 2], axis=0)
     table = pd.DataFrame(labels, index=index)
@@ -252,3 +270,95 @@ def _median_table(draws: np.ndarray, index: pd.Index, prob: float, value: str, *
     return table
 
 
+
+
+#: A standard deviation whose posterior 5% quantile is below this fraction of its median piles up at 0
+#: (a half-normal posterior, the shape of "the data do not exclude 0", has a ratio of 0.09).
+BOUNDARY_SD_RATIO = 0.1
+#: A correlation whose posterior median exceeds this in absolute value is near +-1.
+BOUNDARY_CORR = 0.9
+
+
+def boundary_notes(design: Design, posterior: xr.Dataset) -> list[str]:
+    """The Bayesian counterpart of lme4's singular fit: variances piling up at 0, correlations near +-1.
+
+    Returns
+    -------
+    list of str
+        One note per such parameter, saying what it means and what to do; empty when there is none.
+    """
+    notes = []
+    for block in design.blocks:
+        names = var_names(block)
+        sd = stack_draws(posterior, names["sd"]).reshape(-1, block.n_terms)
+        q05, q50 = np.quantile(sd, [0.05, 0.5], axis=0)
+        for j, term in enumerate(block.terms):
+            if q05[j] < BOUNDARY_SD_RATIO * q50[j]:
+                notes.append(
+                    f"the posterior of sd({term}|{block.factor}) piles up at 0 (5% quantile {q05[j]:.3g}, median "
+                    f"{q50[j]:.3g}): the data do not rule out no variation (lme4 would likely report a singular "
+                    "fit). Its estimate leans on the prior; consider dropping the term, or a prior that says "
+                    "what is plausible"
+                )
+        if block.n_terms > 1:
+            corr = stack_draws(posterior, names["corr"]).reshape(-1, block.n_terms, block.n_terms)
+            for i in range(block.n_terms):
+                for j in range(i):
+                    median = float(np.median(corr[:, i, j]))
+                    if abs(median) > BOUNDARY_CORR:
+                        notes.append(
+                            f"the correlation of {block.terms[j]} and {block.terms[i]} in {block.factor} is near "
+                            f"{'+' if median > 0 else '-'}1 (posterior median {median:.2f}): the two group effects "
+                            "move together (lme4 would report a singular fit); consider '||' (no correlation) "
+                            "or dropping the slope"
+                        )
+    return notes
+
+
+# ----------------------------------------------------------------------------------------- fits
+def observed_response(design: Design) -> np.ndarray:
+    """The response on the scale of the fitted means, shape (n,): the proportion of successes for binomial."""
+    return design.y if design.trials is None else design.y / design.trials
+
+
+def pearson_residuals(design: Design, family, mu: np.ndarray, aux: dict) -> np.ndarray:
+    """``(y - E y) / sd(y)`` at means ``mu``, shape ``mu.shape`` ((n,) or (draws, n)).
+
+    ``mu`` is on the family's scale (a probability for binomial: ``E y`` is trials x ``mu``); ``aux``
+    holds the family's parameters (floats, or per-draw arrays of shape (draws,)).
+    """
+    trials = 1.0 if design.trials is None else design.trials
+    return (design.y - trials * mu) / np.sqrt(family.variance(mu, aux, design.trials))
+
+
+def fitted_data(design: Design, fits: np.ndarray, pearson: np.ndarray) -> pd.DataFrame:
+    """A copy of the rows used with ``fits``, ``residuals`` and ``pearson_residuals`` (pymer4's ``data``).
+
+    ``fits`` are expected responses (probabilities for binomial models, mean counts for counts);
+    ``residuals`` the observed response (a proportion for binomial models) minus ``fits``. A column of
+    the user's data with one of these names is kept; the model's gets a ``_model`` suffix, with a warning.
+    """
+    frame = design.data.copy()
+    names = _free_names(frame, ("fits", "residuals", "pearson_residuals"))
+    for name, values in zip(names, (fits, observed_response(design) - fits, pearson)):
+        frame[name] = values
+    return frame
+
+
+def _free_names(frame: pd.DataFrame, names: tuple[str, ...]) -> list[str]:
+    """``names`` for new columns of ``frame``; a name the user's data already has gets a ``_model`` suffix
+    (with a warning), so that the user's own column is never overwritten."""
+    import warnings
+
+    out = []
+    for name in names:
+        if name in frame.columns:
+            free = f"{name}_model"
+            while free in frame.columns:
+                free += "_"
+            warnings.warn(
+                f"the data has its own column {name!r}; the model's {name} are in {free!r}", UserWarning, stacklevel=4
+            )
+            name = free
+        out.append(name)
+    return out

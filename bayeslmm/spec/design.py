@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.errors import DataError, FormulaError, UnsupportedSyntaxError
+from bayeslmm.spec import expressions
+from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.formula import ParsedFormula, RandomTerm
 from bayeslmm.spec.random_effects import (
     INTERCEPT,
@@ -196,8 +198,6 @@ class Design:
 
 
 def _expression_columns(expression: str) -> set[str]:
-    from bayeslmm.spec import expressions
-
     return expressions.columns(expression)
 
 
@@ -219,7 +219,12 @@ def to_pandas(data: Any) -> pd.DataFrame:
 
 
 def build_design(
-    formula: ParsedFormula, data: Any, family: Any = None, weights: Any = None, offset: Any = None
+    formula: ParsedFormula,
+    data: Any,
+    family: Family | None = None,
+    weights: Any = None,
+    offset: Any = None,
+    namespace: dict | None = None,
 ) -> Design:
     """Evaluate ``formula`` on ``data``.
 
@@ -237,6 +242,9 @@ def build_design(
     offset : array-like or str, optional
         A known term added to the linear predictor (glmer's ``offset``; it adds to any
         ``offset(...)`` term of the formula): one per row of ``data``, or the name of a column.
+    namespace : dict, optional
+        Objects the formula's expressions refer to by name besides the data's columns (the factor
+        codings of :func:`bayeslmm.spec.contrasts.apply_codings`, called as ``bayeslmm_code_<i>(x)``).
 
     Returns
     -------
@@ -249,11 +257,7 @@ def build_design(
         a grouping factor with a single level, or (where the family requires it) as many groups as
         observations.
     """
-    from bayeslmm.spec import expressions
-
     if family is None:
-        from bayeslmm.spec.families import get_family
-
         family = get_family("gaussian")
     frame = to_pandas(data)
     if len(frame) == 0:
@@ -261,7 +265,7 @@ def build_design(
     weights = _per_row(weights, frame, "weights")
     offset = _per_row(offset, frame, "offset")
 
-    used = _columns_used(formula, frame)
+    used = _columns_used(formula, frame, namespace)
     extra = {name: values for name, values in (("weights", weights), ("offset", offset)) if values is not None}
     frame, n_dropped, kept = _drop_incomplete(frame, used, extra)
     weights = None if weights is None else weights[kept]
@@ -283,16 +287,17 @@ def build_design(
             raw = frame[name].to_numpy()
         y, trials, note = family.encode_response(raw, frame, name, weights)
 
-    fixed_matrices = _evaluate(formula.fixed, frame, "fixed part")
+    fixed_matrices = _evaluate(formula.fixed, frame, "fixed part", namespace)
     if fixed_matrices.common is None:
         X, terms, evaluator = np.zeros((len(frame), 0)), (), None
     else:
         X = np.asarray(fixed_matrices.common.design_matrix, dtype=float)
         terms, evaluator = tuple(_term_names(fixed_matrices.common)), fixed_matrices.common
     _check_finite(X, "fixed-effects predictors")
-    fixed = FixedEffects(X=X, terms=terms, evaluator=evaluator)
+    X, terms, kept = _drop_aliased(X, terms)
+    fixed = FixedEffects(X=X, terms=terms, evaluator=evaluator, kept=kept)
 
-    random = RandomEffects(_build_blocks(formula.random, frame))
+    random = RandomEffects(_build_blocks(formula.random, frame, namespace))
     if not family.allows_one_group_per_row:
         for block in random.blocks:
             if block.n_levels >= len(y):
@@ -306,6 +311,33 @@ def build_design(
         formula=formula, y=y, fixed=fixed, random=random, data=frame, n_dropped=n_dropped, trials=trials,
         offset=total_offset, weights=weights, offset_argument=offset, response_note=note,
     )
+
+
+def _drop_aliased(X: np.ndarray, terms: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...], tuple[int, ...] | None]:
+    """Drop fixed-effect columns that are linear combinations of earlier ones, as lme4 does, with its message.
+
+    A column is aliased when what is left of it after projecting out the columns before it is below
+    1e-7 of its length (the diagonal of an unpivoted QR decomposition, R's ``qr`` tolerance): the
+    earlier column is kept and the later one dropped, as lme4's ``chkRank.drop.cols`` does.
+    """
+    if X.shape[1] == 0:
+        return X, terms, None
+    r = np.linalg.qr(X, mode="r")
+    lengths = np.linalg.norm(X, axis=0)
+    aliased = np.abs(np.diag(r)) <= 1e-7 * np.where(lengths > 0, lengths, 1.0)
+    if not aliased.any():
+        return X, terms, None
+    kept = tuple(int(i) for i in np.flatnonzero(~aliased))
+    dropped = [terms[i] for i in np.flatnonzero(aliased)]
+    plural = "s" if len(dropped) > 1 else ""
+    warnings.warn(
+        f"fixed-effect model matrix is rank deficient so dropping {len(dropped)} column{plural} / "
+        f"coefficient{plural}: {listing(dropped)} (a linear combination of the columns before, e.g. a "
+        "constant next to the intercept or a copy of a predictor; lme4 drops them too)",
+        UserWarning,
+        stacklevel=4,
+    )
+    return X[:, list(kept)], tuple(terms[i] for i in kept), kept
 
 
 def _per_row(values: Any, frame: pd.DataFrame, what: str) -> np.ndarray | None:
@@ -327,8 +359,6 @@ def _per_row(values: Any, frame: pd.DataFrame, what: str) -> np.ndarray | None:
 
 def _offsets(formula: ParsedFormula, frame: pd.DataFrame, argument: np.ndarray | None) -> np.ndarray | None:
     """The formula's ``offset(...)`` terms plus the ``offset=`` argument; None when there are none."""
-    from bayeslmm.spec import expressions
-
     parts = []
     for expression in formula.offsets:
         values = expressions.evaluate(expression, frame)
@@ -353,25 +383,25 @@ def _row_labels(frame: pd.DataFrame, positions: np.ndarray, limit: int = 5) -> s
     return ", ".join(labels) + (f" and {len(positions) - limit} more" if len(positions) > limit else "")
 
 
-def _columns_used(formula: ParsedFormula, frame: pd.DataFrame) -> list[str]:
-    """Columns named anywhere in the formula; raise DataError for unknown ones."""
+def _columns_used(formula: ParsedFormula, frame: pd.DataFrame, namespace: dict | None = None) -> list[str]:
+    """Columns named anywhere in the formula (not the names of ``namespace``); raise DataError for unknown ones."""
     import formulae
 
-    from bayeslmm.spec import expressions as arithmetic
-
     names: set[str] = set()
-    expressions = [formula.fixed] if formula.binomial is not None else [f"{formula.response} ~ {formula.fixed}"]
-    expressions += [term.expr for term in formula.random]
+    parts = [formula.fixed] if formula.binomial is not None else [f"{formula.response} ~ {formula.fixed}"]
+    parts += [term.expr for term in formula.random]
     for expression in list(formula.binomial or ()) + list(formula.offsets):
-        names |= arithmetic.columns(expression)
-    for expression in expressions:
+        names |= expressions.columns(expression)
+    for expression in parts:
         try:
             names |= formulae.model_description(expression).var_names
         except Exception as exc:  # formulae raises several unrelated types for bad syntax
-            raise FormulaError(f"cannot parse {expression!r}: {exc}") from None
+            reason = "too many terms for the formula engine" if isinstance(exc, RecursionError) else _short(str(exc))
+            raise FormulaError(f"cannot parse {_short(expression)!r}: {reason}") from None
     for term in formula.random:
         names |= set(term.factor.split(":"))
     names.discard("")  # formulae lists an empty name for literal-only pieces such as I(x**2)
+    names -= set(namespace or ())
     unknown = sorted(name for name in names if name not in frame.columns)
     if unknown:
         hints = []
@@ -379,10 +409,46 @@ def _columns_used(formula: ParsedFormula, frame: pd.DataFrame) -> list[str]:
             close = difflib.get_close_matches(name, [str(c) for c in frame.columns], n=1)
             hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise DataError(
-            f"column(s) {', '.join(hints)} used in the formula are not in the data; "
-            f"available columns: {', '.join(map(str, frame.columns))}"
+            f"column(s) {listing(hints)} used in the formula are not in the data; "
+            f"available columns: {listing(map(str, frame.columns))}"
         )
-    return [column for column in frame.columns if column in names]
+    used = [column for column in frame.columns if column in names]
+    _check_columns(formula, frame, used)
+    return used
+
+
+def _check_columns(formula: ParsedFormula, frame: pd.DataFrame, used: list) -> None:
+    """Refuse columns formulae would misread: duplicated names, 'Intercept', dates, one-level factors."""
+    duplicated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()] if c in used})
+    if duplicated:
+        raise DataError(f"column(s) {listing(map(repr, duplicated))} appear more than once in the data; rename them")
+    if "Intercept" in used:
+        raise DataError(
+            "a column named 'Intercept' would be read as the intercept by the formula engine (formulae); "
+            "rename it, e.g. data.rename(columns={'Intercept': 'intercept_x'})"
+        )
+    grouping = {part for term in formula.random for part in term.factor.split(":")}
+    for column in used:
+        values = frame[column]
+        if pd.api.types.is_datetime64_any_dtype(values) or pd.api.types.is_timedelta64_dtype(values):
+            raise DataError(
+                f"column {column!r} holds dates or times ({values.dtype}), which a model cannot use directly; "
+                f"convert it to a number first, e.g. (data[{column!r}] - data[{column!r}].min()).dt.days"
+            )
+        categorical = isinstance(values.dtype, pd.CategoricalDtype) or values.dtype == object or pd.api.types.is_string_dtype(values)
+        if categorical and column not in grouping and column != formula.response and values.nunique(dropna=True) < 2:
+            raise DataError(
+                f"predictor {column!r} has a single level ({values.dropna().iloc[0]!r} on every row): a factor needs "
+                "at least two levels to have an effect (lme4: 'contrasts can be applied only to factors with 2 or "
+                "more levels'); drop it from the formula"
+            )
+
+
+def listing(items, limit: int = 20) -> str:
+    """``a, b, c, ... and 17 more``: lists in messages stay short whatever the data."""
+    items = [str(item) for item in items]
+    shown = ", ".join(items[:limit])
+    return shown + (f" ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def _drop_incomplete(
@@ -392,7 +458,7 @@ def _drop_incomplete(
 
     Returns the rows kept, how many were dropped, and the boolean mask of kept rows.
     """
-    complete = frame[columns].notna().all(axis=1).to_numpy()
+    complete = frame[columns].notna().all(axis=1).to_numpy().copy()  # pandas 3 hands out read-only arrays
     for values in (extra or {}).values():
         complete &= ~np.isnan(values)
     columns = columns + list(extra or {})
@@ -406,23 +472,37 @@ def _drop_incomplete(
             f"{n_dropped} of {len(frame)} rows dropped because of missing values in "
             f"{', '.join(columns)} (as lme4's na.omit)",
             UserWarning,
-            stacklevel=5,
+            stacklevel=4,
         )
         frame = frame.loc[complete].copy()
     return frame, n_dropped, complete
 
 
-def _evaluate(expression: str, frame: pd.DataFrame, what: str):
+def _evaluate(expression: str, frame: pd.DataFrame, what: str, namespace: dict | None = None):
     import formulae
 
     try:
         # log(0) and the like become -inf here; the finiteness checks afterwards report them clearly
         with np.errstate(all="ignore"):
-            return formulae.design_matrices(expression, frame, na_action="error")
+            return formulae.design_matrices(
+                expression, frame, na_action="error", extra_namespace={**expressions.FUNCTIONS, **(namespace or {})}
+            )
     except (DataError, FormulaError):
         raise
+    except KeyError as exc:
+        name = str(exc).strip("'\"")
+        raise FormulaError(
+            f"cannot evaluate the {what} {_short(expression)!r}: {name!r} is neither a column nor a function "
+            f"bayeslmm knows; R's {', '.join(expressions.FUNCTIONS)} work as in R, numpy's functions as "
+            "np.<name>(...), and anything else can be computed as a column first"
+        ) from None
     except Exception as exc:
-        raise FormulaError(f"cannot evaluate the {what} {expression!r}: {exc}") from None
+        raise FormulaError(f"cannot evaluate the {what} {_short(expression)!r}: {_short(str(exc))}") from None
+
+
+def _short(text: str, limit: int = 300) -> str:
+    """Long formulas and messages cut to ``limit`` characters in error messages."""
+    return text if len(text) <= limit else text[: limit - 20] + f" ... ({len(text)} characters)"
 
 
 def _term_names(common) -> list[str]:
@@ -438,21 +518,38 @@ def _check_finite(matrix: np.ndarray, what: str) -> None:
         )
 
 
-def _build_blocks(terms: tuple[RandomTerm, ...], frame: pd.DataFrame) -> tuple[RandomBlock, ...]:
-    blocks: list[RandomBlock] = []
-    seen: dict[str, int] = {}
+def _block_names(terms: tuple[RandomTerm, ...]) -> list[str]:
+    """A unique label per block: the factor for its first block, then ``factor.1``, ``factor.2`` (lme4),
+    skipping labels that are another factor's name (a column called ``Subject.1``)."""
+    factors = {term.factor for term in terms}
+    used: set[str] = set()
+    names = []
     for term in terms:
-        matrices = _evaluate(term.expr, frame, f"random-effects expression of '({term.expr} | {term.factor})'")
+        name, count = term.factor, 0
+        while name in used or (count and name in factors):
+            count += 1
+            name = f"{term.factor}.{count}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
+def _build_blocks(
+    terms: tuple[RandomTerm, ...], frame: pd.DataFrame, namespace: dict | None = None
+) -> tuple[RandomBlock, ...]:
+    blocks: list[RandomBlock] = []
+    for term, name in zip(terms, _block_names(terms)):
+        matrices = _evaluate(
+            term.expr, frame, f"random-effects expression of '({term.expr} | {term.factor})'", namespace
+        )
         if matrices.common is None:
             raise UnsupportedSyntaxError(f"random-effects expression {term.expr!r} has no columns")
         Z = np.asarray(matrices.common.design_matrix, dtype=float)
         _check_finite(Z, f"random-effects predictors of ({term.expr} | {term.factor})")
         levels, keys = _levels(term.factor, frame)
-        count = seen.get(term.factor, 0)
-        seen[term.factor] = count + 1
         blocks.append(
             RandomBlock(
-                name=term.factor if count == 0 else f"{term.factor}.{count}",
+                name=name,
                 factor=term.factor,
                 terms=tuple(_term_names(matrices.common)),
                 Z=Z,

@@ -20,7 +20,8 @@ from bayeslmm.errors import FormulaError, UnsupportedSyntaxError
 
 __all__ = ["RandomTerm", "ParsedFormula", "parse_formula"]
 
-_NAME = r"[A-Za-z_.][A-Za-z0-9_.]*"
+# a column name: Python-identifier-like with dots (unicode letters included), or anything in backticks
+_NAME = r"(?:`[^`:/]+`|[^\W\d][\w.]*|\.[\w.]*)"
 _FACTOR_INTERACTION = re.compile(rf"^{_NAME}(?::{_NAME})*$")
 _FACTOR_NESTED = re.compile(rf"^{_NAME}(?:/{_NAME})+$")
 _NO_INTERCEPT = {"0", "-1", "- 1"}
@@ -124,7 +125,7 @@ def parse_formula(formula: str) -> ParsedFormula:
             f"formula {formula!r} has nothing on the right of '~'; "
             "write at least '1' for an intercept-only model"
         )
-    binomial = _cbind(response) if response.replace(" ", "").startswith("cbind(") else None
+    binomial = _cbind(response) if is_cbind(response) else None
     if re.search(r"(^|[\s+])\.($|[\s+])", rhs):
         raise UnsupportedSyntaxError(
             "'.' (all other columns) is not supported; name the predictors explicitly"
@@ -137,6 +138,8 @@ def parse_formula(formula: str) -> ParsedFormula:
         if not chunk:
             raise FormulaError(f"formula {formula!r} has an empty term (two '+' in a row, or a trailing '+')")
         inner = _strip_outer_parentheses(chunk)
+        while inner is not None and _find_top_level_bar(inner) is None and _strip_outer_parentheses(inner) is not None:
+            inner = _strip_outer_parentheses(inner)  # ((1 | g)): redundant parentheses
         offset = re.fullmatch(r"offset\s*\((.*)\)", chunk)
         if offset is not None and _strip_outer_parentheses(chunk[chunk.index("("):]) is not None:
             if not offset.group(1).strip():
@@ -159,6 +162,11 @@ def parse_formula(formula: str) -> ParsedFormula:
     return ParsedFormula(
         text=text, response=response, fixed=fixed, random=tuple(random_terms), offsets=tuple(offsets), binomial=binomial
     )
+
+
+def is_cbind(response: str) -> bool:
+    """Whether a response is lme4's ``cbind(successes, failures)``."""
+    return response.replace(" ", "").startswith("cbind(")
 
 
 def _cbind(response: str) -> tuple[str, str]:
@@ -237,7 +245,7 @@ def _parse_random_term(inner: str, chunk: str) -> list[RandomTerm]:
         raise FormulaError(f"term {chunk!r} has nothing left of '|'; write '(1 | g)' for a random intercept")
     if not factor:
         raise FormulaError(f"term {chunk!r} has no grouping factor right of '|'")
-    factor = factor.replace(" ", "")
+    factor = _without_spaces_outside_backticks(factor)
     if _FACTOR_NESTED.match(factor):
         names = factor.split("/")
         factors = [":".join(names[: depth + 1]) for depth in range(len(names))]
@@ -245,11 +253,18 @@ def _parse_random_term(inner: str, chunk: str) -> list[RandomTerm]:
         factors = [factor]
     else:
         raise UnsupportedSyntaxError(
-            f"grouping factor {factor!r} in {chunk!r} is not supported: use a column name, an "
-            "interaction 'g1:g2' or nesting 'g1/g2'; compute other groupings as a new column first"
+            f"grouping factor {factor!r} in {chunk!r} is not supported: use a column name (in backticks if "
+            "it has spaces or symbols), an interaction 'g1:g2' or nesting 'g1/g2'; compute other groupings "
+            "as a new column first"
         )
     expressions = _expand_uncorrelated(expr) if double else [expr]
-    return [RandomTerm(expr=e, factor=f) for f in factors for e in expressions]
+    return [RandomTerm(expr=e, factor=f.replace("`", "")) for f in factors for e in expressions]
+
+
+def _without_spaces_outside_backticks(text: str) -> str:
+    """``` `my group` : b ``` -> ``` `my group`:b ```: spaces dropped except inside backticks."""
+    parts = text.split("`")
+    return "`".join(part.replace(" ", "") if i % 2 == 0 else part for i, part in enumerate(parts))
 
 
 def _expand_uncorrelated(expr: str) -> list[str]:

@@ -50,11 +50,15 @@ class FixedEffects:
         Column names; the intercept is ``"(Intercept)"``.
     evaluator : object, optional
         formulae's ``CommonEffectsMatrix`` that built ``X``; evaluates the same columns on new rows.
+    kept : tuple of int, optional
+        Positions of the evaluator's columns that ``X`` keeps (all when None): columns aliased with others
+        are dropped, as lme4 does.
     """
 
     X: np.ndarray
     terms: tuple[str, ...]
     evaluator: Any = field(default=None, repr=False, compare=False)
+    kept: tuple[int, ...] | None = None
 
     @property
     def n_terms(self) -> int:
@@ -111,7 +115,7 @@ class FixedEffects:
         if self.evaluator is None:
             raise DataError("this design cannot be evaluated on new data (it was not built from a formula)")
         X = _evaluate_new(self.evaluator, data, "fixed-effects part")
-        return replace(self, X=X)
+        return replace(self, X=X if self.kept is None else X[:, list(self.kept)])
 
     def subset(self, rows: np.ndarray) -> "FixedEffects":
         """The matrix restricted to ``rows`` (positions or a boolean mask)."""

@@ -12,6 +12,9 @@
 #     tests/reference/glmer.json      (GLMMs: glmer, glmer.nb, glmmTMB)
 #     tests/reference/lmer_extra.json (lmerTest anova / summary, emmeans, LRTs,
 #                                      predict, contrasts, singular fits)
+#     tests/reference/lmer_workflow.json (pymer4 workflow: Type III with a
+#                                      covariate interaction, emmeans adjustments,
+#                                      the course's LRT pairs, releveled factors)
 #
 # Every model is fitted to the CSV files in bayeslmm/data/ (read back from
 # disk), so the numbers refer to exactly the data the Python package ships.
@@ -260,6 +263,12 @@ f <- cbind(incidence, size - incidence) ~ period + (1 | herd)
 G$cbpp_logit <- glmer_info(capture(glmer(f, family = binomial, data = cbpp)), ftext(f))
 G$cbpp_logit_agq25 <- glmer_info(capture(glmer(f, family = binomial, data = cbpp, nAGQ = 25)),
                                  ftext(f))
+## likelihood-ratio test of period, as anova(m0, m1) on two Laplace fits
+null_fit <- glmer(cbind(incidence, size - incidence) ~ 1 + (1 | herd), family = binomial, data = cbpp)
+lrt_table <- anova(null_fit, glmer(f, family = binomial, data = cbpp))
+G$cbpp_lrt <- list(formula_null = "cbind(incidence, size - incidence) ~ 1 + (1 | herd)",
+                   logLik_null = as.numeric(logLik(null_fit)), Chisq = lrt_table$Chisq[2],
+                   Df = lrt_table$Df[2], p = lrt_table[["Pr(>Chisq)"]][2])
 G$cbpp_probit <- glmer_info(capture(glmer(f, family = binomial(link = "probit"), data = cbpp)),
                             ftext(f))
 G$cbpp_cloglog <- glmer_info(capture(glmer(f, family = binomial(link = "cloglog"), data = cbpp)),
@@ -317,6 +326,14 @@ chk <- glmer(y01 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item),
              family = binomial, data = verb)
 G$verbagg$success_level <- levels(verb$r2)[2]
 G$verbagg$success_check_fixef_maxabsdiff <- max(abs(fixef(chk) - unlist(G$verbagg$fixef)))
+## lme4's SEs come from deriv12() with steps of 1e-4, where the deviance's rounding noise shows
+## (about 4e-4 relative on the intercept's SE); the same Hessian with steps of 1e-3 is stable
+vfit <- glmer(fv, family = binomial, data = verb)
+vdev <- glmer(fv, family = binomial, data = verb, devFunOnly = TRUE)   # stage-2 deviance, lme4's lp0
+vpar <- c(getME(vfit, "theta"), fixef(vfit))
+vhess <- lme4:::deriv12(vdev, vpar, delta = 1e-3)$Hessian
+G$verbagg$SE_hessian_step_1e3 <- named(setNames(sqrt(diag(2 * solve(vhess)))[-seq_along(getME(vfit, "theta"))],
+                                                names(fixef(vfit))))
 
 fva <- r2 ~ Anger + Gender + btype + situ + (1 | id)
 G$verbagg_agq <- glmer_info(capture(glmer(fva, family = binomial, data = verb, nAGQ = 8)),
@@ -497,6 +514,53 @@ L$singular <- c(list(tol = formals(lme4::isSingular)$tol,
 write_ref(L, "lmer_extra.json")
 
 ## ---------------------------------------------------------------------------
+## C. pymer4 workflow extras -> lmer_workflow.json
+##    (Type III with a factor x covariate interaction, emmeans at the covariate
+##     mean, p-value and interval adjustments, the course's LRT pairs, releveled
+##     treatment coding)
+## ---------------------------------------------------------------------------
+cat("workflow extras ...\n")
+W <- list()
+
+mx <- lmerTest::lmer(angle ~ recipe * temp + (1 | recipe:replicate), data = cake_unord)
+ex <- emmeans(mx, pairwise ~ recipe, adjust = "tukey", lmer.df = "satterthwaite")
+W$factor_by_covariate <- c(lmer_basic(mx), list(
+  data_note = "temp numeric, recipe treatment contrasts",
+  anova = anova_rows(anova(mx, type = 3)),
+  coefficients = coef_rows(mx),
+  emmeans = emm_tab(summary(ex$emmeans)),
+  contrasts = emm_tab(summary(ex$contrasts)),
+  temp_mean = mean(cake_unord$temp)))
+
+adj <- list()
+for (a in c("tukey", "none", "bonferroni", "holm", "sidak", "fdr")) {
+  adj[[a]] <- list(p = emm_tab(summary(e3$contrasts, adjust = a)),
+                   ci = emm_tab(confint(e3$contrasts, adjust = a)))
+}
+W$temperature_adjustments <- c(list(
+  model = "lmer(angle ~ recipe * temperature + (1 | recipe:replicate), cake), temperature unordered",
+  call = "emmeans(m, pairwise ~ temperature, lmer.df = 'satterthwaite'); summary / confint with adjust = each"),
+  adj)
+
+sl0 <- lme4::lmer(Reaction ~ Days + (0 + Days | Subject), data = sleep)
+s3b <- lme4::lmer(Reaction ~ Days + (Days | Subject), data = sleep)
+W$lrt_slopes <- list(
+  models = list(a = "Reaction ~ Days + (0 + Days | Subject)", b = "Reaction ~ Days + (Days | Subject)"),
+  note = "anova(a, b, refit = TRUE)",
+  table = anova_rows(anova(sl0, s3b, refit = TRUE)))
+
+cake_rl <- cake_unord
+cake_rl$recipe <- relevel(cake_rl$recipe, ref = "B")
+mr <- lmerTest::lmer(angle ~ recipe + temperature + (1 | recipe:replicate), data = cake_rl)
+W$releveled <- c(lmer_basic(mr), list(
+  data_note = "recipe levels B, A, C (reference B), temperature unordered",
+  coef_names = names(fixef(mr)),
+  coefficients = coef_rows(mr),
+  anova = anova_rows(anova(mr, type = 3))))
+
+write_ref(W, "lmer_workflow.json")
+
+## ---------------------------------------------------------------------------
 ## sanity checks against published values
 ## ---------------------------------------------------------------------------
 chkv <- function(label, got, want, tol) {
@@ -509,4 +573,5 @@ chkv("verbagg (Intercept)", G$verbagg$fixef[["(Intercept)"]], 0.19924746, 5e-5)
 chkv("verbagg id SD", G$verbagg$sd[["id:(Intercept)"]], 1.3395329, 5e-5)
 chkv("verbagg item SD", G$verbagg$sd[["item:(Intercept)"]], 0.4952398, 5e-5)
 chkv("LRT s1 vs s2 Chisq", lrt$Chisq[2], 116.46, 0.005)
-chkv("LRT s2 vs s3 Chisq", lrt$Chisq[3], 22.14, 0.005)
+chkv("LRT s2 vs s3 Chisq", lrt$Chisq[3], 42.14, 0.005)
+chkv("LRT (0+Days|S) vs (Days|S) Chisq", W$lrt_slopes$table[[2]]$Chisq, 22.14, 0.005)

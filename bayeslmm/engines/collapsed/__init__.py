@@ -47,6 +47,7 @@ import numpy as np
 import xarray as xr
 
 from bayeslmm.engines.collapsed.imh import IMH_MIN_ACCEPTANCE, find_mode, sample_imh
+from bayeslmm.engines.collapsed.kernels import callbacks
 from bayeslmm.engines.collapsed.packing import (
     Packed,
     pack,
@@ -159,7 +160,9 @@ def sample_marginal(
     packed = pack(design, priors)
     if method == "imh":
         cores = int(options.get("cores") or os.cpu_count() or 1)
-        theta, gamma, stats = sample_imh(packed, draws=draws, tune=tune, chains=chains, random_seed=random_seed, cores=cores)
+        theta, gamma, stats = sample_imh(
+            packed, draws=draws, tune=tune, chains=chains, random_seed=random_seed, cores=cores, progressbar=progressbar
+        )
         if stats.attrs["mean_acceptance"] < IMH_MIN_ACCEPTANCE:
             warnings.warn(
                 f"the independence sampler accepted only {stats.attrs['mean_acceptance']:.0%} of its proposals "
@@ -188,8 +191,6 @@ def sample_marginal(
 
 def density(packed: Packed) -> CallbackDensity:
     """The collapsed log density of ``packed`` as nutpie callbacks."""
-    from bayeslmm.engines.collapsed.kernels import callbacks
-
     logp, expand = callbacks()
     arrays = tuple(packed.floats + packed.ints)
     header = np.array([v for a in arrays for v in (a.ctypes.data, a.size)], dtype=np.uint64)

@@ -13,17 +13,21 @@ importance weights.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import xarray as xr
 
 from bayeslmm.engines.collapsed.kernels import MODE_DRAW, MODE_LOGP, evaluate_many
 from bayeslmm.engines.collapsed.packing import Packed
+from bayeslmm.engines.progress import Progress
 
 __all__ = ["sample_imh", "find_mode", "IMH_NU", "IMH_SCALE", "IMH_DEFENSIVE", "IMH_MAX_TUNE", "IMH_MIN_ACCEPTANCE"]
 
 
-def _log_density_many(packed: Packed, xs: np.ndarray, cores: int, zs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def _log_density_many(
+    packed: Packed, xs: np.ndarray, cores: int, zs: np.ndarray | None = None, progress=None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Log densities at the rows of ``xs`` on ``cores`` threads; with ``zs`` also conditional draws of gamma.
 
     The threads run :func:`evaluate_many` on small slices taken in turn (the kernel releases the GIL;
@@ -41,9 +45,15 @@ def _log_density_many(packed: Packed, xs: np.ndarray, cores: int, zs: np.ndarray
     size = max(1, min(16, n // (4 * cores)))
     bounds = list(range(0, n, size)) + [n]
 
+    done, lock = [0], threading.Lock()
+
     def run(i):
         a, b = bounds[i], bounds[i + 1]
         evaluate_many(xs[a:b], mode, zs[a:b], gammas[a:b], out[a:b], *packed.args)
+        if progress is not None:
+            with lock:
+                done[0] += b - a
+                progress.update(done[0])
 
     with _one_blas_thread():
         if cores == 1:
@@ -303,7 +313,8 @@ IMH_MIN_ACCEPTANCE = 0.25
 
 
 def sample_imh(
-    packed: Packed, *, draws: int, tune: int, chains: int, random_seed: int | None, cores: int = 2
+    packed: Packed, *, draws: int, tune: int, chains: int, random_seed: int | None, cores: int = 2,
+    progressbar: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, xr.Dataset]:
     """Independence Metropolis-Hastings on the variance parameters, jointly with their conditional effects.
 
@@ -351,7 +362,10 @@ def sample_imh(
     n_burn = max(0, min(int(tune), IMH_MAX_TUNE))
     steps = n_burn + draws
     xs = proposal.draw(rng, chains * steps)
-    lp, gammas = _log_density_many(packed, xs, cores, rng.standard_normal((chains * steps, packed.n_gamma)))
+    with Progress(chains * steps, f"Independence sampler, {chains} chains", "proposals", enabled=progressbar) as bar:
+        lp, gammas = _log_density_many(
+            packed, xs, cores, rng.standard_normal((chains * steps, packed.n_gamma)), progress=bar if progressbar else None
+        )
     lw = lp - proposal.logpdf(xs)
     u = np.log(rng.uniform(size=chains * steps))
     keep = np.empty((chains, draws), dtype=np.int64)  # index of the proposal each kept draw holds

@@ -530,8 +530,9 @@ def _c_logp(dim, x_, out_, logp_, user_data):
         # each array inline, not through a helper taking the index: a constant index argument makes
         # numba compile one specialisation per value (nine copies), which lengthened the first compile
         f64, i64 = np.float64, np.int64
+        mode = np.int64(MODE_GRAD)  # a typed value, not a literal: one compiled evaluate for every caller
         value = evaluate(
-            x, MODE_GRAD, out, empty, empty,
+            x, mode, out, empty, empty,
             carray(_as_void_pointer(hdr[0]), (hdr[1],), dtype=f64),
             carray(_as_void_pointer(hdr[2]), (hdr[3],), dtype=f64),
             carray(_as_void_pointer(hdr[4]), (hdr[5],), dtype=f64),
@@ -569,16 +570,14 @@ def _c_expand(dim, expanded, x_, out_, user_data):
 def evaluate_many(xs, mode, zs, gammas, out, Arr, Aee, Aer_val, Aer_ptr, Aer_col, ce, cr, fixed_prec, scal, prior_par, eta, meta):
     """``out[i]`` = log density at ``xs[i]`` (-inf where invalid); mode 2 also draws ``gammas[i]`` from ``zs[i]``.
 
-    Releases the GIL, so that threads can evaluate different rows at once.
+    ``zs`` and ``gammas`` have zero columns in mode 0. One call of :func:`evaluate` with ``mode`` a
+    variable: constant modes would make numba compile one copy of ``evaluate`` per value. Releases the
+    GIL, so that threads can evaluate different rows at once.
     """
     grad = np.zeros(xs.shape[1])
-    empty = np.zeros(0)
     for i in range(xs.shape[0]):
         try:
-            if mode == MODE_DRAW:
-                out[i] = evaluate(xs[i], MODE_DRAW, grad, zs[i], gammas[i], Arr, Aee, Aer_val, Aer_ptr, Aer_col, ce, cr, fixed_prec, scal, prior_par, eta, meta)
-            else:
-                out[i] = evaluate(xs[i], MODE_LOGP, grad, empty, empty, Arr, Aee, Aer_val, Aer_ptr, Aer_col, ce, cr, fixed_prec, scal, prior_par, eta, meta)
+            out[i] = evaluate(xs[i], mode, grad, zs[i], gammas[i], Arr, Aee, Aer_val, Aer_ptr, Aer_col, ce, cr, fixed_prec, scal, prior_par, eta, meta)
         except Exception:  # noqa: BLE001 -- a failed Cholesky is a point of zero density
             out[i] = -np.inf
         if not np.isfinite(out[i]):
@@ -598,3 +597,14 @@ def callbacks() -> tuple[int, int]:
         _CALLBACKS["logp"] = cfunc(_LOGP_SIG, cache=True)(_c_logp)
         _CALLBACKS["expand"] = cfunc(_EXPAND_SIG, cache=True)(_c_expand)
     return _CALLBACKS["logp"].address, _CALLBACKS["expand"].address
+
+
+def compile_kernels() -> None:
+    """Compile (or load from numba's disk cache) every kernel a fit uses, without running any of them."""
+    from numba import types as nt
+
+    f1, i1 = nt.float64[::1], nt.int64[::1]
+    f2 = nt.float64[:, ::1]
+    callbacks()
+    evaluate_many.compile((f2, nt.int64, f2, f2, f1, f1, f1, f1, i1, i1, f1, f1, f1, f1, f1, f1, i1))
+    evaluate.compile((f1, nt.int64, f1, f1, f1, f1, f1, f1, i1, i1, f1, f1, f1, f1, f1, f1, i1))
