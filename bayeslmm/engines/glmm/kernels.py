@@ -421,6 +421,28 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
         base = 8 + 9 * j
         k, G, hoff, coff = meta[base], meta[base + 1], meta[base + 5], meta[base + 6]
         F = Fs[j, :k, :k]
+        in_map = meta[base + 8] != 0
+        if k == 1:  # a random intercept or a single slope: scalars, no small-matrix loops
+            sd = F[0, 0]
+            for g in range(G):
+                Rg = math.sqrt(1.0 + sd * sd * H[hoff + g])
+                logp -= math.log(Rg)
+                R_all[hoff + g] = Rg
+                HF_all[hoff + g] = H[hoff + g] * sd
+                if not in_map:
+                    continue
+                r0 = coff + g
+                scale = sd / Rg
+                ta = scale * c[r0]
+                t0_all[r0] = ta
+                rowa = r0 * p
+                for col in range(p):
+                    v = scale * A[rowa + col]
+                    At_all[rowa + col] = v
+                    delta[col] -= v * ta
+                    for col2 in range(col + 1):
+                        K[col, col2] += v * At_all[rowa + col2]
+            continue
         for g in range(G):
             h0 = hoff + g * k * k
             for a in range(k):
@@ -442,7 +464,7 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
                 for bb in range(k):
                     R_all[h0 + a * k + bb] = R[a, bb]
                     HF_all[h0 + a * k + bb] = HF[a, bb]
-            if meta[base + 8] == 0:
+            if not in_map:
                 continue
             r0 = coff + g * k
             for a in range(k):
@@ -501,17 +523,31 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
     # ---- pass 2: group effects block by block, b = F u, u = R^{-T} (R^{-1} F' ct + z)
     b_all = np.empty(nb_total)
     u_all = np.empty(nb_total)
+    ct_all = np.empty(nb_total)  # c - A dbeta - C db_earlier of every level, kept for the reverse pass
     w = np.empty(kmax)
     for j in range(J):
         base = 8 + 9 * j
         k, G, zoff, hoff, coff = meta[base], meta[base + 1], meta[base + 3], meta[base + 5], meta[base + 6]
         F = Fs[j, :k, :k]
+        if k == 1:
+            sd = F[0, 0]
+            for g in range(G):
+                _ctilde(ct, 1, g, coff, p, c, A, dbeta, cval, cptr, ccol, b_all, bref)
+                ct_all[coff + g] = ct[0]
+                Rg = R_all[hoff + g]
+                u = (sd * ct[0] / Rg + x[zoff + g]) / Rg
+                u_all[coff + g] = u
+                b_all[coff + g] = sd * u
+                logp -= 0.5 * u * u
+            continue
         for g in range(G):
             h0 = hoff + g * k * k
             for a in range(k):
                 for bb in range(a + 1):
                     R[a, bb] = R_all[h0 + a * k + bb]
             _ctilde(ct, k, g, coff, p, c, A, dbeta, cval, cptr, ccol, b_all, bref)
+            for a in range(k):
+                ct_all[coff + g * k + a] = ct[a]
             for a in range(k):
                 s = 0.0
                 for t in range(k):
@@ -597,6 +633,28 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
         nm = k * (k + 1) // 2
         for mm in range(nm):
             gth[mm] = 0.0
+        if k == 1:
+            sd, dsd = F[0, 0], dFs[j, 0, 0, 0]
+            for g in range(G):
+                ct[0] = ct_all[coff + g]
+                Rg = R_all[hoff + g]
+                Pg = Rg * Rg
+                h = H[hoff + g]
+                u = u_all[coff + g]
+                w1s = sd * ct[0] / Pg
+                w2s = u - w1s
+                bb = bbar[coff + g]
+                ub = sd * bb - u
+                zb = ub / Rg
+                vb = ub / Pg
+                grad[zoff + g] = zb
+                fv[0] = sd * vb
+                _scatter_coupling(fv, 1, g, coff, p, A, cval, cptr, ccol, gbeta, bbar)
+                dPg = 2.0 * dsd * sd * h
+                dRg = dPg / (2.0 * Rg)
+                gth[0] += bb * dsd * u - vb * dPg * w1s + ct[0] * dsd * vb - w2s * dRg * zb - dPg / (2.0 * Pg)
+            grad[xoff] += gth[0]
+            continue
         for g in range(G):
             h0 = hoff + g * k * k
             for a in range(k):
@@ -604,7 +662,8 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
                     R[a, bb] = R_all[h0 + a * k + bb]
                     HF[a, bb] = HF_all[h0 + a * k + bb]
             _lower_inverse(R, Ri, k)
-            _ctilde(ct, k, g, coff, p, c, A, dbeta, cval, cptr, ccol, b_all, bref)
+            for a in range(k):
+                ct[a] = ct_all[coff + g * k + a]
             # w1 = P^{-1} F' ct, w2 = u - w1
             for a in range(k):
                 s = 0.0
@@ -733,6 +792,29 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
         nm = k * (k + 1) // 2
         for mm in range(nm):
             gth[mm] = 0.0
+        if k == 1:
+            dsd = dFs[j, 0, 0, 0]
+            for g in range(G):
+                r0 = coff + g
+                Rg = R_all[hoff + g]
+                y0s = t0_all[r0] / Rg  # P^{-1} F' c
+                gds = 0.0
+                eys = 0.0
+                dA = 0.0
+                rowa = r0 * p
+                for col in range(p):
+                    yc = At_all[rowa + col] / Rg  # Y = P^{-1} F' A
+                    q = 0.0
+                    for col2 in range(p):
+                        q += At_all[rowa + col2] * Kbar[col2, col]
+                    ec = q / Rg  # E = Y Kbar
+                    gds += yc * dbar[col]
+                    eys += ec * yc
+                    dA += A[rowa + col] * (2.0 * ec - y0s * dbar[col])
+                dPg = 2.0 * dsd * HF_all[hoff + g]
+                gth[0] += -dPg * (eys - gds * y0s) - gds * dsd * c[r0] + dsd * dA
+            grad[xoff] += gth[0]
+            continue
         for g in range(G):
             h0 = hoff + g * k * k
             r0 = coff + g * k

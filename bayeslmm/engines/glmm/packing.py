@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: Laplace-EM steps on the variance parameters of the reference point.
-EM_STEPS = 8
+EM_STEPS = 3
 #: Smallest reference SD (link scale, per unit of the predictor's spread): keeps the linearization of
 #: a level's likelihood at a sensible place when the maximum-likelihood SD is near zero.
 MIN_REFERENCE_SD = 0.1
