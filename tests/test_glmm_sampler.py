@@ -270,3 +270,30 @@ def test_glmm_fit_loads_neither_pymc_nor_arviz_nor_matplotlib():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert not loaded & {"pymc", "pytensor", "arviz", "arviz_stats", "arviz_plots", "matplotlib", "bambi"}
+
+
+def test_posterior_names_dims_and_groups_as_every_sampler(cbpp):
+    """As tests/test_posterior_names.py checks for the Gaussian samplers: the variables, dims and
+    coordinates every reader relies on, plus the dispersion of the negative binomial."""
+    data = cbpp.assign(late=np.where(cbpp["period"].astype(int) > 2, "late", "early"))
+    model = _fit(Lmer("cbind(incidence, size - incidence) ~ t + (t | herd) + (1 | late)", data, family="binomial"),
+                 draws=60, tune=60, chains=2, random_seed=2)
+    posterior = model.posterior
+    assert set(posterior.data_vars) == {"beta", "sd_herd", "corr_herd", "ranef_herd", "sd_late", "ranef_late"}
+    expected = {
+        "beta": ("chain", "draw", "fixed_term"),
+        "sd_herd": ("chain", "draw", "herd__term"),
+        "corr_herd": ("chain", "draw", "herd__term", "herd__term_"),
+        "ranef_herd": ("chain", "draw", "herd__level", "herd__term"),
+        "sd_late": ("chain", "draw", "late__term"),
+        "ranef_late": ("chain", "draw", "late__level", "late__term"),
+    }
+    for name, dims in expected.items():
+        assert posterior[name].dims == dims, name
+    assert posterior.sizes["chain"] == 2 and posterior.sizes["draw"] == 60
+    assert list(posterior["fixed_term"].values) == ["(Intercept)", "t"]
+    assert list(posterior["herd__term"].values) == list(posterior["herd__term_"].values) == ["(Intercept)", "t"]
+    assert list(posterior["herd__level"].values) == list(model.design.blocks[0].levels)
+    assert list(posterior["late__level"].values) == ["early", "late"]
+    assert "diverging" in model.idata["sample_stats"]
+    assert model.idata["log_likelihood"]["y"].dims == ("chain", "draw", "obs")
