@@ -757,15 +757,19 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
         for bb in range(a):
             Tw[a, bb] = x[a] * wbar[bb]
         Tw[a, a] = 0.5 * x[a] * wbar[a]
-    M1 = np.zeros((p, p))  # Li' Tw Li
+    TL = np.zeros((p, p))  # Tw Li (both lower triangular), then M1 = Li' TL: two O(p^3) products
+    for t in range(p):
+        for bb in range(t + 1):
+            q = 0.0
+            for e2 in range(bb, t + 1):
+                q += Tw[t, e2] * Li[e2, bb]
+            TL[t, bb] = q
+    M1 = np.zeros((p, p))
     for a in range(p):
         for bb in range(p):
             s = 0.0
             for t in range(max(a, bb), p):
-                q = 0.0
-                for e2 in range(bb, t + 1):
-                    q += Tw[t, e2] * Li[e2, bb]
-                s += Li[t, a] * q
+                s += Li[t, a] * TL[t, bb]
             M1[a, bb] = s
     Kbar = np.empty((p, p))
     for a in range(p):
