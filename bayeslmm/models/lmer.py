@@ -222,14 +222,16 @@ class Lmer(Model):
         return pooling.compare_fixed_effects(self, prob=prob, REML=REML)
 
     def compare_variance_components(
-        self, prob: float = 0.95, REML: bool = True, n_boot: int = 0, random_seed: int | None = None
+        self, prob: float = 0.95, REML: bool = True, n_boot: int = 0, random_seed: int | None = None, **executor: Any
     ) -> pd.DataFrame:
         """Random-effect SDs and correlations: (RE)ML estimate next to the posterior median and interval.
 
-        ``n_boot > 0`` adds a parametric-bootstrap interval for the (RE)ML estimates; see
-        :func:`bayeslmm.analysis.pooling.compare_variance_components`.
+        ``n_boot > 0`` adds a parametric-bootstrap interval for the (RE)ML estimates, its refits run where
+        ``client=``/``workers=`` say; see :func:`bayeslmm.analysis.pooling.compare_variance_components`.
         """
-        return pooling.compare_variance_components(self, prob=prob, REML=REML, n_boot=n_boot, random_seed=random_seed)
+        return pooling.compare_variance_components(
+            self, prob=prob, REML=REML, n_boot=n_boot, random_seed=random_seed, **executor
+        )
 
     # ----------------------------------------------------------------------------------- results
     @cached_property
