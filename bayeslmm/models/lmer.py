@@ -18,7 +18,7 @@ from bayeslmm.models.base import Model
 from bayeslmm.results import summaries
 from bayeslmm.results.frequentist import FrequentistResult, fit_frequentist
 from bayeslmm.results.report import SummaryParts, display_table
-from bayeslmm.spec.design import build_design
+from bayeslmm.spec.design import Design, build_design
 from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.formula import parse_formula
 from bayeslmm.spec.priors import default_priors, few_levels_warnings
@@ -86,6 +86,14 @@ class Lmer(Model):
         for message in few_levels_warnings(design, resolved):
             warnings.warn(message, PriorSensitivityWarning, stacklevel=2)
         super().__init__(formula, design, family, resolved, priors)
+
+    @classmethod
+    def from_design(cls, formula: str, design: Design, family: Family, priors: dict | None = None) -> "Lmer":
+        """An unfitted model on a design already built from ``formula`` (one per response in
+        :func:`bayeslmm.fit_many`); the priors are resolved as the constructor resolves them."""
+        model = cls.__new__(cls)
+        Model.__init__(model, formula, design, family, default_priors(design, priors, family), priors)
+        return model
 
     @property
     def init_arguments(self) -> dict:
