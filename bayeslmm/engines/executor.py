@@ -58,6 +58,7 @@ __all__ = [
     "run_tasks",
     "spawn_seeds",
     "seed_integer",
+    "describe_seed",
     "task_threads",
     "default_workers",
     "check_executor_arguments",
@@ -94,7 +95,7 @@ class TaskFailure:
     traceback: str = field(repr=False, default="")
 
     def __str__(self) -> str:
-        return f"task {self.index} ({self.task}, seed {self.seed!r}): {self.error}: {self.message}"
+        return f"task {self.index} ({self.task}, seed {describe_seed(self.seed)}): {self.error}: {self.message}"
 
 
 @dataclass
@@ -154,6 +155,13 @@ def spawn_seeds(random_seed: int | None, n: int) -> tuple[list[np.random.SeedSeq
     seed = check_random_seed(random_seed)
     root = np.random.SeedSequence(seed)
     return root.spawn(n), int(root.entropy)
+
+
+def describe_seed(seed: Any) -> str:
+    """A seed on one line: ``SeedSequence(entropy=1, spawn_key=(3,))`` rebuilds a task's seed."""
+    if isinstance(seed, np.random.SeedSequence):
+        return f"SeedSequence(entropy={seed.entropy}, spawn_key={tuple(int(k) for k in seed.spawn_key)})"
+    return repr(seed)
 
 
 def seed_integer(seed: np.random.SeedSequence) -> int:

@@ -24,7 +24,7 @@ from bayeslmm.errors import DataError
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.families import Family, get_family
 
-__all__ = ["TrueParameters", "simulate_response", "extend_data"]
+__all__ = ["TrueParameters", "simulate_response", "extend_data", "draw_parameters", "lkj_correlation"]
 
 
 @dataclass(frozen=True)
@@ -194,3 +194,48 @@ def _relabel(column: pd.Series, mapping: dict) -> pd.Series:
         column = column.cat.add_categories(new)
         return column.map(mapping).astype(column.dtype)
     return column.map(mapping)
+
+
+def draw_parameters(design: Design, priors: Any, rng: np.random.Generator) -> TrueParameters:
+    """One draw of every parameter from the model's priors (for simulation-based calibration).
+
+    Fixed effects are drawn on the centred scale the priors are written for, then put on the scale of
+    ``X`` (:meth:`~bayeslmm.spec.random_effects.FixedEffects.uncentre`); each block's covariance is
+    ``diag(sd) R diag(sd)`` with the SDs from their priors and ``R`` from the LKJ prior (onion method).
+
+    Parameters
+    ----------
+    design : Design
+    priors : ModelPriors
+        Resolved priors of a Gaussian model (with ``sigma``).
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    TrueParameters
+    """
+    beta_c = np.array([priors.fixed[term].sample(1, rng)[0] for term in design.fixed_terms])
+    covariances = []
+    for block in design.blocks:
+        sd = np.array([priors.group_sd[block.name][term].sample(1, rng)[0] for term in block.terms])
+        correlation = lkj_correlation(block.n_terms, priors.eta.get(block.name, 1.0), rng)
+        covariances.append(correlation * np.outer(sd, sd))
+    aux = {name: float(prior.sample(1, rng)[0]) for name, prior in priors.aux.items()}
+    return TrueParameters(design.fixed.uncentre(beta_c), tuple(covariances), aux)
+
+
+def lkj_correlation(k: int, eta: float, rng: np.random.Generator) -> np.ndarray:
+    """A correlation matrix (k, k) from the LKJ(eta) distribution (Lewandowski, Kurowicka & Joe 2009, onion method)."""
+    if k == 1:
+        return np.ones((1, 1))
+    shape = eta + (k - 2) / 2
+    r = 2 * rng.beta(shape, shape) - 1
+    correlation = np.array([[1.0, r], [r, 1.0]])
+    for m in range(2, k):
+        shape -= 0.5
+        y = rng.beta(m / 2, shape)
+        z = rng.standard_normal(m)
+        w = np.sqrt(y) * z / np.linalg.norm(z)
+        q = np.linalg.cholesky(correlation) @ w
+        correlation = np.block([[correlation, q[:, None]], [q[None, :], np.ones((1, 1))]])
+    return correlation
