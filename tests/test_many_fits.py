@@ -26,7 +26,6 @@ from bayeslmm import DataError, FormulaError, Lmer, UnsupportedSyntaxError, fit_
 from bayeslmm.analysis.calibration import simulation_based_calibration
 from bayeslmm.analysis.comparison import kfold
 from bayeslmm.analysis.pooling import compare_variance_components
-from bayeslmm.engines import executor
 from bayeslmm.engines.executor import run_tasks, spawn_seeds
 from bayeslmm.spec.design import build_design
 from bayeslmm.spec.formula import parse_formula
