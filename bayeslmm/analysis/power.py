@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -172,6 +173,8 @@ def power(
         _simulate_and_fit, tasks, seeds, shared=plan, client=client, workers=workers, progressbar=progressbar,
         description=f"Power: {len(sizes)} size{'s' if len(sizes) > 1 else ''} x {n_sims} simulations", unit="data sets",
     )
+    if run.failures:
+        warnings.warn(run.failure_message("simulations"), UserWarning, stacklevel=2)
     rows = [dict(size=task[0], simulation=task[1], **result) for task, result in zip(tasks, run.results) if result]
     simulations = pd.DataFrame(rows, columns=["size", "simulation", *_RESULT_COLUMNS])
     n_obs = {size: spec.design().n_obs for size, spec in specs.items()}
@@ -462,7 +465,7 @@ class PowerCurve:
         (posterior mean), ``bayes_lower``, ``bayes_upper``, ``excludes_zero``, ``width``, ``R_hat``,
         ``divergences``.
     failures : list of TaskFailure
-        Simulations whose fit raised, with their seeds (left out of the table).
+        Simulations whose fit raised, with their seeds (left out of the table; a warning says how many).
     settings : dict
         ``term``, ``effect``, ``alpha``, ``prob``, ``n_sims``, ``factor``, ``formula``, ``source``,
         ``bayes`` (sampler settings), ``random_seed``, ``executor``, ``seconds``, ``parameters``.

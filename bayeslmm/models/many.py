@@ -114,6 +114,8 @@ def fit_many(
         _fit_response, plan.responses, seeds, shared=plan, client=client, workers=workers, progressbar=progressbar,
         description=f"Fitting {len(plan.responses)} responses", unit="fits",
     )
+    if run.failures:
+        warnings.warn(run.failure_message("fits"), UserWarning, stacklevel=2)
     return ManyFits(plan, seeds, run.results, run.failures, {"random_seed": entropy, "executor": run.executor,
                                                                "seconds": run.seconds})
 
