@@ -280,8 +280,8 @@ def run_tasks(
         if client is not None and tasks:
             where = _run_dask(function, tasks, seeds, shared, client, outcomes, counter)
         else:
-            n_workers = min(default_workers() if workers is None else int(workers), len(tasks))
-            if n_workers <= 1:
+            n_workers = default_workers() if workers is None else int(workers)  # the pool's size is kept for reuse
+            if n_workers <= 1 or len(tasks) <= 1:
                 where = "serial"
                 for index, (task, seed) in enumerate(zip(tasks, seeds)):
                     outcomes[index] = _call(function, shared, task, seed, index, remote=False)
