@@ -73,8 +73,8 @@ def load_dataset(name: str) -> pd.DataFrame:
 
 
 def simulate_simpson(
-    n_participants: int = 5,
-    n_per_participant: int = 20,
+    n_participants: int = 20,
+    n_per_participant: int = 10,
     within_slope: float = -1.0,
     between_slope: float = 2.0,
     noise_sd: float = 1.0,
@@ -82,9 +82,12 @@ def simulate_simpson(
 ) -> pd.DataFrame:
     """Simulate Simpson's paradox: negative slopes within participants, positive across them.
 
-    Participant ``i`` has predictor values around ``mean_x[i] = 2 i`` and an intercept chosen so that its
-    mean outcome rises with ``between_slope`` across participants, while within each participant ``y``
-    falls with ``within_slope`` as ``x`` rises.
+    The course's data: 20 participants measured 10 times each (200 rows). Participant ``i`` has
+    predictor values spread uniformly over ``mean_x[i] +- 1.5``, with the ``mean_x`` evenly spaced from 0
+    to 8, and its own intercept ``(between_slope - within_slope) mean_x[i]``, so that within each
+    participant ``y`` falls with ``within_slope`` as ``x`` rises while the participants' mean ``y`` rises
+    with ``between_slope`` across their mean ``x``:
+    ``y = intercept_i + within_slope x + N(0, noise_sd^2)``.
 
     Parameters
     ----------
@@ -100,13 +103,15 @@ def simulate_simpson(
     Returns
     -------
     pandas.DataFrame
-        Columns ``participant`` (int), ``x``, ``y``; ``n_participants * n_per_participant`` rows.
+        Columns ``participant`` (int, 1, 2, ...), ``intercept`` (the participant's true intercept),
+        ``x``, ``y``; ``n_participants * n_per_participant`` rows.
     """
     if n_participants < 2 or n_per_participant < 2:
         raise ValueError("simulate_simpson needs at least 2 participants with at least 2 rows each")
     rng = np.random.default_rng(random_seed)
     participant = np.repeat(np.arange(1, n_participants + 1), n_per_participant)
-    mean_x = 2.0 * (participant - 1)
+    mean_x = np.linspace(0.0, 8.0, n_participants)[participant - 1]
     x = mean_x + rng.uniform(-1.5, 1.5, size=participant.size)
-    y = between_slope * mean_x + within_slope * (x - mean_x) + rng.normal(0, noise_sd, size=participant.size)
-    return pd.DataFrame({"participant": participant, "x": x, "y": y})
+    intercept = (between_slope - within_slope) * mean_x
+    y = intercept + within_slope * x + rng.normal(0, noise_sd, size=participant.size)
+    return pd.DataFrame({"participant": participant, "intercept": intercept, "x": x, "y": y})

@@ -27,8 +27,10 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; 
     python=$(find_python) || { echo "bayeslmm needs Python >= 3.12; none found (set PYTHON=/path/to/python3.12)" >&2; exit 1; }
     echo "setting up .venv with $python ($("$python" --version))" >&2
     [ -x .venv/bin/python ] || "$python" -m venv .venv
-    .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" >&2 || true
-    .venv/bin/python -m pip install --quiet -e ".[test]" 2>&1 | grep -v "is ignored" >&2 || true
+    # pip's and setuptools' notes go to a log, shown only if the installation fails
+    log=.venv/install.log
+    .venv/bin/python -m pip install --quiet --upgrade pip > "$log" 2>&1 || { cat "$log" >&2; exit 1; }
+    .venv/bin/python -m pip install --quiet -e ".[test]" >> "$log" 2>&1 || { cat "$log" >&2; exit 1; }
     .venv/bin/python -c "import bayeslmm" || { echo "installation of bayeslmm failed" >&2; exit 1; }
     # compile the samplers' numba kernels now (about 20 s), so that no fit waits for it
     .venv/bin/python -m bayeslmm compile >&2 || { echo "compiling bayeslmm's kernels failed" >&2; exit 1; }

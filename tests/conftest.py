@@ -39,3 +39,16 @@ def fit_model():
         return _fit(formula, data, **settings)
 
     return fit
+
+
+@pytest.fixture(scope="session")
+def cake() -> pd.DataFrame:
+    """lme4's cake: temperature an ordered categorical (175 < ... < 225), recipe and replicate categorical."""
+    return load_dataset("cake")
+
+
+@pytest.fixture(scope="session")
+def cake_interaction(cake) -> Lmer:
+    """lmerTest's Type III / emmeans example, 2 chains x 500 draws (the REML numbers do not depend on them)."""
+    return _fit("angle ~ recipe * temperature + (1 | recipe:replicate)", cake,
+                draws=500, tune=500, chains=2, random_seed=5)

@@ -15,7 +15,9 @@ Each sleepstudy model is fitted once (2 chains x 1000 draws after 1000 tuning st
 from __future__ import annotations
 
 import copy
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,7 +28,9 @@ import xarray as xr
 from bayeslmm import DataError, Lmer, NotFittedError, load_dataset
 from bayeslmm.analysis import comparison
 from bayeslmm.engines import collapsed as marginal
-from bayeslmm.analysis.comparison import ModelComparison, ParetoKWarning, compare, kfold, loo, lrt, n_parameters, r2, waic
+from bayeslmm.analysis.comparison import (
+    ModelComparison, ParetoKWarning, compare, kfold, loo, lrt, n_parameters, nested, r2, waic,
+)
 
 NULL = "Reaction ~ 1 + (1|Subject)"
 DAYS = "Reaction ~ Days + (1|Subject)"
@@ -90,7 +94,8 @@ def test_table_columns_order_and_values(fits):
     table = _quiet(lrt, *fits.values())
     assert isinstance(table, ModelComparison) and isinstance(table, pd.DataFrame)
     assert list(table.columns) == [
-        "formula", "npar", "elpd_loo", "SE", "p_loo", "looic", "elpd_diff", "SE_diff", "weight", "n_high_k", "best",
+        "formula", "npar", "elpd_loo", "SE", "p_loo", "looic", "elpd_diff", "SE_diff", "weight", "n_high_k",
+        "AIC", "BIC", "logLik", "deviance", "Chisq", "Df", "P-val", "best",
     ]
     assert table.index.name == "model"
     # ordered by complexity as lrt orders models; ties by formula
@@ -104,6 +109,46 @@ def test_table_columns_order_and_values(fits):
     assert (table["elpd_diff"] <= 0).all() and (table["SE_diff"] >= 0).all()
     assert table["weight"].sum() == pytest.approx(1, abs=1e-6)
     assert (table["p_loo"] > 0).all() and (table["SE"] > 0).all()
+
+
+# ------------------------------------------------------------------------------ lme4's columns beside LOO
+LRT = json.loads((Path(__file__).parent / "reference" / "lmer_extra.json").read_text())["lrt_sleepstudy"]["table"]
+LRT_SLOPES = json.loads((Path(__file__).parent / "reference" / "lmer_workflow.json").read_text())["lrt_slopes"]["table"]
+
+
+def test_likelihood_ratio_tests_of_the_course_match_lme4(fits):
+    # anova(s1, s2, s3): ML refits; Chisq 116.46 (Days) and 42.14 ((Days | Subject) against (1 | Subject))
+    table = _quiet(lrt, fits[NULL], fits[DAYS], fits[SLOPES])
+    for label, key in ((NULL, "s1"), (DAYS, "s2"), (SLOPES, "s3")):
+        for column, theirs in (("AIC", "AIC"), ("BIC", "BIC"), ("logLik", "logLik"), ("deviance", "deviance")):
+            assert table.loc[label, column] == pytest.approx(LRT[key][theirs], rel=1e-6)
+    assert np.isnan(table.loc[NULL, "Chisq"]) and pd.isna(table.loc[NULL, "Df"])
+    assert table.loc[DAYS, "Chisq"] == pytest.approx(LRT["s2"]["Chisq"], rel=1e-5)
+    assert table.loc[SLOPES, "Chisq"] == pytest.approx(LRT["s3"]["Chisq"], rel=1e-5)
+    assert list(table["Df"][1:]) == [1, 2]
+    assert table.loc[DAYS, "P-val"] == pytest.approx(LRT["s2"]["Pr(>Chisq)"], rel=1e-3)
+    # the course's second pair: (0 + Days | Subject) against (Days | Subject), Chisq 22.14 on 2 df
+    pair = _quiet(lrt, fits[SLOPE_ONLY], fits[SLOPES])
+    assert pair.loc[SLOPES, "Chisq"] == pytest.approx(LRT_SLOPES["s3b"]["Chisq"], rel=1e-5)
+    assert pair.loc[SLOPES, "P-val"] == pytest.approx(LRT_SLOPES["s3b"]["Pr(>Chisq)"], rel=1e-3)
+    text = repr(pair)
+    assert "22.14" in text and "likelihood-ratio test asks whether" in text and "elpd_diff asks" in text
+
+
+def test_only_nested_pairs_are_tested(fits):
+    table = _quiet(lrt, *fits.values())  # NULL, SLOPE_ONLY, DAYS, SLOPES by npar
+    # (1 | Subject) is not within (0 + Days | Subject); DAYS has as many parameters as SLOPE_ONLY
+    assert table["Chisq"].isna().tolist() == [True, True, True, False]
+    assert nested(fits[NULL].design, fits[DAYS].design) and not nested(fits[DAYS].design, fits[NULL].design)
+    assert nested(fits[SLOPE_ONLY].design, fits[SLOPES].design) and not nested(fits[NULL].design, fits[SLOPE_ONLY].design)
+    first = next(line for line in repr(table).splitlines() if line.startswith("m1 "))
+    assert "nan" not in first.lower() and "<NA>" not in first
+
+
+def test_refit_false_keeps_only_the_loo_columns(fits):
+    table = _quiet(lrt, fits[NULL], fits[DAYS], refit=False)
+    assert "Chisq" not in table.columns and "AIC" not in table.columns and list(table.columns)[-1] == "best"
+    assert "likelihood-ratio" not in repr(table)
 
 
 def test_result_does_not_depend_on_argument_order(fits):

@@ -43,7 +43,12 @@ def test_unknown_dataset():
 
 def test_simpson_paradox():
     data = simulate_simpson(n_participants=6, n_per_participant=25, random_seed=1)
-    assert list(data.columns) == ["participant", "x", "y"] and len(data) == 150
+    assert list(data.columns) == ["participant", "intercept", "x", "y"] and len(data) == 150
+    # each participant's true intercept: their y minus the within slope (-1) times x is intercept + noise
+    residual = data.y - (data.intercept - data.x)
+    assert abs(residual.mean()) < 0.2 and 0.8 < residual.std() < 1.2
+    course = simulate_simpson()
+    assert course.shape == (200, 4) and course["participant"].nunique() == 20
     pooled_slope = np.polyfit(data.x, data.y, 1)[0]
     within = [np.polyfit(g.x, g.y, 1)[0] for _, g in data.groupby("participant")]
     assert pooled_slope > 0.5

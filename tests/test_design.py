@@ -173,3 +173,19 @@ def test_literal_expressions(sleep):
 def test_lmer_without_random_effects_points_to_lm(sleep):
     with pytest.raises(FormulaError, match="no random-effects term .* use bayeslmm.Lm"):
         Lmer("Reaction ~ Days", sleep)
+
+
+def test_binomial_trials_and_offsets_are_evaluated():
+    from bayeslmm import load_dataset
+    from bayeslmm.spec.families import get_family
+
+    cbpp = load_dataset("cbpp")
+    design = build_design(
+        parse_formula("cbind(incidence, size - incidence) ~ period + (1 | herd)"), cbpp, get_family("binomial")
+    )
+    np.testing.assert_array_equal(design.y, cbpp["incidence"])
+    np.testing.assert_array_equal(design.trials, cbpp["size"])
+    poisson = build_design(
+        parse_formula("incidence ~ period + offset(log(size)) + (1 | herd)"), cbpp, get_family("poisson"), offset="size"
+    )
+    np.testing.assert_allclose(poisson.offset, np.log(cbpp["size"]) + cbpp["size"])

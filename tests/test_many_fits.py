@@ -219,6 +219,29 @@ def test_each_power_simulation_is_the_two_sample_t_test_of_its_seeded_data():
             assert row["DF"] == pytest.approx(8, abs=1e-3)
 
 
+def test_a_term_with_several_columns_is_the_one_way_anova_f_test_of_the_group_means():
+    """Three arms between 12 groups: lmerTest's Type III F test (denominator df 9) is the one-way ANOVA
+    of the group means; the Bayesian decision uses the ellipsoid of the same contrasts."""
+    data = _between_design(12, 3).assign(arm=lambda d: np.array(["a", "b", "c"])[d["g"] % 3])
+    parameters = {"fixed": {"(Intercept)": 0.0}, "covariances": {"g": 0.5}, "sigma": 1.0}
+    effect = {"arm[b]": 1.0, "arm[c]": 2.0}
+    curve = _quiet(power, "y ~ arm + (1 | g)", "arm", effect, n_sims=3, random_seed=5, data=data, workers=1, **parameters)
+    assert curve.settings["test"] == "F" and curve.simulations["estimate"].isna().all()
+    design = build_design(parse_formula("y ~ arm + (1 | g)"), data.assign(y=np.arange(len(data), dtype=float)))
+    truth = TrueParameters(np.array([0.0, 1.0, 2.0]), (np.array([[0.5]]),), {"sigma": 1.0})
+    for j, row in curve.simulations.iterrows():
+        rng = np.random.default_rng(np.random.SeedSequence(5, spawn_key=(12, j)))
+        means = pd.Series(simulate_response(design, truth, rng)).groupby(data["g"]).mean()
+        arms = np.array(["a", "b", "c"])[means.index % 3]
+        anova = stats.f_oneway(*(means[arms == arm] for arm in "abc"))
+        if not row["singular"]:
+            assert row["statistic"] == pytest.approx(anova.statistic, rel=1e-4)
+            assert row["p_value"] == pytest.approx(anova.pvalue, abs=1e-5)
+            assert row["DF"] == pytest.approx(9, abs=1e-3)
+    with pytest.raises(DataError, match=r"'arm' has 2 columns .* effect=\{'arm\[b\]': \.\.\., 'arm\[c\]': \.\.\.\}"):
+        power("y ~ arm + (1 | g)", "arm", {"arm[b]": 1.0}, data=data, **parameters)
+
+
 def test_power_curve_extends_the_grouping_factor_and_prints(slopes):
     curve = _quiet(power, slopes, "Days", 10.0, along={"Subject": [24, 6]}, n_sims=2, random_seed=1, workers=1, draws=150, tune=150)
     assert curve.table.index.tolist() == [6, 24] and curve.table["n_obs"].tolist() == [60, 240]

@@ -176,3 +176,23 @@ def test_model_comparison_ranking(executed):
     assert results["all_models"][-1] == "Reaction ~ 1 + (1 | Subject)"
     # the posterior mean and the REML estimate of the Days slope agree
     assert abs(results["days_slope"] - results["reml_days_slope"]) < 0.5
+
+
+def test_workflow_conclusions(executed):
+    results = _results(executed[0])
+    # the two-column lrt: lme4's likelihood-ratio tests of the course's pairs
+    assert results["days_lrt"] == {"chisq": pytest.approx(116.46, abs=0.01), "df": 1}
+    assert results["structure_lrt"] == {"chisq": pytest.approx(22.14, abs=0.01), "df": 2}
+    # anova on cake: lmerTest's F tests; temperature matters, the recipe does not
+    anova = results["anova"]
+    assert anova["temperature"]["F"] == pytest.approx(20.5199, rel=1e-4) and anova["temperature"]["p"] < 1e-15
+    assert anova["recipe"]["F"] == pytest.approx(0.24879, rel=1e-4) and anova["recipe"]["p"] > 0.7
+    assert anova["temperature"]["elpd_diff"] > max(4, 2 * anova["temperature"]["se_diff"])
+    assert anova["temperature"]["pd"] == 1.0 and anova["recipe"]["pd"] < 0.9
+    # post-hoc: emmeans' Tukey p-values; the posterior intervals of the recipe differences cover 0
+    contrasts = results["recipe_contrasts"]
+    assert contrasts["A - B"]["p_tukey"] == pytest.approx(0.81999, abs=1e-4)
+    assert all(c["low"] < 0 < c["high"] for c in contrasts.values())
+    assert results["poly_linear"] > 5  # the linear trend of temperature (lme4: 6.61)
+    # a prediction for a fitted driver is that driver's line
+    assert results["prediction_308_day5"] == pytest.approx(results["fixef_308_day5"], rel=1e-10)

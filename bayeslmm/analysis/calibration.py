@@ -87,7 +87,7 @@ def simulation_based_calibration(
     check_executor_arguments(client, workers)
     if not collapsed.supports(model.design, model.model_priors, model.family):
         raise UnsupportedSyntaxError("simulation_based_calibration checks the collapsed sampler: a Gaussian model it fits")
-    spec = ModelSpec.from_design(model.design, model.family, model.prior_overrides, resolved=model.model_priors)
+    spec = ModelSpec.from_model(model, resolved=True)
     plan = _Plan(spec, {"draws": draws, "tune": tune, "chains": chains}, n_ranks)
     seeds, entropy = spawn_seeds(random_seed, n_sims)
     run = run_tasks(_calibrate, range(n_sims), seeds, shared=plan, client=client, workers=workers,

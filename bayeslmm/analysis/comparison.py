@@ -1,9 +1,12 @@
-"""Comparison: predictive accuracy of fitted models, in place of likelihood-ratio tests.
+"""Comparison: predictive accuracy of fitted models, next to likelihood-ratio tests.
 
 pymer4's ``lrt(model1, model2, ...)`` compares nested models with a likelihood-ratio test. Here the same
 call compares models by their expected log predictive density (``elpd``) for new observations,
 estimated by Pareto-smoothed importance-sampling leave-one-out cross-validation (PSIS-LOO, ArviZ), as
 brms's ``loo_compare`` does. Models need not be nested; they must be fitted to the same observations.
+With ``refit=True`` (the default, as pymer4) and gaussian models, lme4's answer joins the table: the
+models refitted by maximum likelihood, and for each model nested in the one above it the
+likelihood-ratio test (see :func:`lrt` for the nesting rule).
 
 Public functions (each takes fitted :class:`~bayeslmm.Lmer` models):
 
@@ -53,7 +56,7 @@ from bayeslmm.errors import (
 )
 from bayeslmm.results import posterior as posterior_eval
 from bayeslmm.results import summaries
-from bayeslmm.results.report import SummaryParts, layout_html, layout_text
+from bayeslmm.results.report import SummaryParts, layout_html, layout_text, p_value_format
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.specification import ModelSpec
 
@@ -70,6 +73,8 @@ __all__ = [
     "loo",
     "lrt",
     "n_parameters",
+    "n_high_k",
+    "nested",
     "r2",
     "waic",
 ]
@@ -209,6 +214,11 @@ def _psis_loo(tree: xr.DataTree) -> Any:
         return az.loo(tree, pointwise=True, var_name="y")
 
 
+def n_high_k(result: Any) -> int:
+    """Number of observations whose Pareto k exceeds :data:`K_THRESHOLD` in a PSIS-LOO result (0 for K-fold)."""
+    return _n_high_k(result)
+
+
 def _n_high_k(result: Any) -> int:
     if getattr(result, "pareto_k", None) is None:
         return 0
@@ -327,7 +337,7 @@ class _Refitter:
         self.compiled = None
         self.spec = None
         if self.collapsed:
-            self.spec = ModelSpec.from_design(model.design, model.family, model.prior_overrides, resolved=model.model_priors)
+            self.spec = ModelSpec.from_model(model, resolved=True)
         else:
             import nutpie
 
@@ -655,7 +665,7 @@ def r2(model: "Lmer", prob: float = 0.95) -> pd.DataFrame:
     values = np.empty((total, 2))
     for start in range(0, total, _DRAW_CHUNK):
         part = slice(start, min(start + _DRAW_CHUNK, total))
-        values[part, 0] = _r2_draws(design.y, family.inverse_link(beta[part] @ design.X.T))
+        values[part, 0] = _r2_draws(design.y, family.inverse_link(design.linear_predictor(beta[part])))
         values[part, 1] = _r2_draws(design.y, family.inverse_link(posterior_eval.linear_predictor(design, posterior, part)))
     index = pd.Index(["marginal", "conditional"], name="R2")
     table = summaries.summarize(values.reshape(chains, draws, 2), index, prob=prob, diagnostics=False)
@@ -697,9 +707,10 @@ def lrt(
     names: list[str] | None = None,
     random_seed: int | None = None,
     method: str = "stacking",
+    refit: bool = True,
     **sampler_options: Any,
 ) -> "ModelComparison":
-    """Compare fitted models by expected log predictive density (PSIS-LOO), in place of pymer4's lrt.
+    """Compare fitted models by expected log predictive density (PSIS-LOO), and by lme4's likelihood-ratio test.
 
     Parameters
     ----------
@@ -719,6 +730,15 @@ def lrt(
     method : str
         How ArviZ computes the model weights: ``"stacking"`` (default), ``"bb-pseudo-bma"`` or
         ``"pseudo-bma"``.
+    refit : bool
+        Add lme4's ``anova(..., refit = TRUE)`` columns from maximum-likelihood refits (gaussian
+        ``Lmer`` models only; computed once per model): ``AIC``, ``BIC``, ``logLik``, ``deviance``, and
+        for each row nested in the row above ``Chisq`` (twice the gain in log-likelihood, at least 0),
+        ``Df`` (the difference in ``npar``) and ``P-val`` (chi-square). A model is *nested* in the one
+        above when it has fewer parameters, its fixed-effect columns lie in the span of the other's,
+        and each of its random-effects blocks lies within one block of the other on the same grouping
+        factor (so its covariance structure is a special case); lme4 does not check nesting and tests
+        every consecutive pair, here the other pairs get no test.
     **sampler_options
         For refits: ``draws``, ``tune``, ``chains`` (default: each model's own), options of
         ``nutpie.sample`` such as ``target_accept``, and where they run: ``client=``, ``workers=``
@@ -731,7 +751,9 @@ def lrt(
         ``formula``, ``npar``, ``elpd_loo``, ``SE``, ``p_loo``, ``looic``, ``elpd_diff`` and ``SE_diff``
         (against the best model), stacking ``weight``, ``n_high_k`` (observations with Pareto k >
         0.7) and ``best``. With ``kfold`` the criterion columns are ``elpd_kfold``, ``p_kfold``,
-        ``kfoldic`` and ``n_high_k`` is missing. Printing gives an lrt-like table.
+        ``kfoldic`` and ``n_high_k`` is missing. With ``refit``: ``AIC``, ``BIC``, ``logLik``,
+        ``deviance``, ``Chisq``, ``Df``, ``P-val`` before ``best``. Printing gives an lrt-like table
+        whose footer says how the two kinds of answer relate.
 
     Raises
     ------
@@ -765,6 +787,8 @@ def lrt(
         warnings.warn(message, ParetoKWarning, stacklevel=2)
         notes.append(message)
     table = _comparison_table(models, labels, elpds, criterion, method)
+    if refit and all(m.family.name == "gaussian" and hasattr(m, "fit_frequentist") for m in models):
+        table = _likelihood_ratio_tests(table, dict(zip(labels, models)))
     return ModelComparison.build(table, criterion, dict(zip(labels, elpds)), notes, kfold)
 
 
@@ -821,6 +845,66 @@ def _comparison_table(models: list["Lmer"], labels: list[str], elpds: list, crit
     return table.iloc[order]
 
 
+def _likelihood_ratio_tests(table: pd.DataFrame, models: dict[str, "Lmer"]) -> pd.DataFrame:
+    """lme4's ``anova`` columns from ML refits, with a test of each row against the row above when nested."""
+    from scipy import stats
+
+    fits = {label: models[label].fit_frequentist(REML=False) for label in table.index}
+    classical = pd.DataFrame(
+        {
+            "AIC": [fits[label].AIC for label in table.index],
+            "BIC": [fits[label].BIC for label in table.index],
+            "logLik": [fits[label].logLike for label in table.index],
+            "deviance": [fits[label].deviance for label in table.index],
+        },
+        index=table.index,
+    )
+    chisq, df, p = [np.nan], [pd.NA], [np.nan]
+    labels = list(table.index)
+    for above, label in zip(labels, labels[1:]):
+        extra = int(table.loc[label, "npar"] - table.loc[above, "npar"])
+        if extra > 0 and nested(models[above].design, models[label].design):
+            value = 2.0 * max(0.0, fits[label].logLike - fits[above].logLike)
+            chisq.append(value)
+            df.append(extra)
+            p.append(float(stats.chi2.sf(value, extra)))
+        else:
+            chisq.append(np.nan)
+            df.append(pd.NA)
+            p.append(np.nan)
+    classical["Chisq"] = chisq
+    classical["Df"] = pd.array(df, dtype="Int64")
+    classical["P-val"] = p
+    best = table.pop("best")
+    return table.join(classical).assign(best=best)
+
+
+def nested(smaller: Design, larger: Design) -> bool:
+    """Whether the model of ``smaller`` is a special case of that of ``larger`` (same rows assumed).
+
+    True when the fixed-effect columns of ``smaller`` lie in the span of those of ``larger`` and each
+    random-effects block of ``smaller`` lies within one block of ``larger`` on the same grouping
+    factor (its columns in the span of that block's columns).
+    """
+    if not _in_span(smaller.X, larger.X):
+        return False
+    for block in smaller.blocks:
+        candidates = [other for other in larger.blocks if other.factor == block.factor]
+        if not any(_in_span(block.Z, other.Z) for other in candidates):
+            return False
+    return True
+
+
+def _in_span(columns: np.ndarray, basis: np.ndarray) -> bool:
+    if columns.shape[1] == 0:
+        return True
+    if basis.shape[1] == 0:
+        return False
+    coefficients, *_ = np.linalg.lstsq(basis, columns, rcond=None)
+    residual = columns - basis @ coefficients
+    return bool(np.all(np.linalg.norm(residual, axis=0) <= 1e-8 * np.maximum(np.linalg.norm(columns, axis=0), 1.0)))
+
+
 class ModelComparison(pd.DataFrame):
     """Result of :func:`lrt`/:func:`compare`: a DataFrame with one row per model and an lrt-like print.
 
@@ -874,6 +958,9 @@ class ModelComparison(pd.DataFrame):
         frame = frame.rename(columns={"n_high_k": f"k>{K_THRESHOLD}"})
         if self.criterion == "kfold":
             frame = frame.drop(columns=f"k>{K_THRESHOLD}")
+        for column, text in (("Chisq", "{:.2f}".format), ("Df", lambda v: f"{int(v)}"), ("P-val", p_value_format)):
+            if column in frame:  # rows without a test print blank
+                frame[column] = [("" if pd.isna(value) else text(value)) for value in frame[column]]
         frame[""] = np.where(self["best"].to_numpy(), "<- best", "")
         return frame
 
@@ -882,6 +969,15 @@ class ModelComparison(pd.DataFrame):
             "elpd_diff: elpd minus the best model's; SE_diff: its standard error (paired over observations).",
             "A difference larger than about 4 and than 2 SE_diff is clear; smaller ones are not.",
         ]
+        if "Chisq" in self.columns:
+            lines += [
+                "AIC ... P-val: lme4's anova(refit = TRUE) of the maximum-likelihood refits; Chisq, Df, P-val test each "
+                "model against the row above, where it is nested in it (none otherwise).",
+                "The likelihood-ratio test asks whether the extra parameters are exactly 0; elpd_diff asks how much "
+                "better the model predicts new observations. A clear elpd gain usually comes with a small P-val, but not "
+                "the other way round: with many observations tiny effects are significant yet predict no better, and "
+                "P-vals of variance parameters (tested at their boundary, 0) are conservative.",
+            ]
         if self.criterion != "kfold" and self["n_high_k"].fillna(0).sum():
             # the full advice is in the ParetoKWarning (and in .notes); the table only points to it
             lines.append(
@@ -894,7 +990,10 @@ class ModelComparison(pd.DataFrame):
         """The printed form as :class:`~bayeslmm.results.report.SummaryParts`: title, models, table, how to read it."""
         formats = {"npar": "{:d}".format, "weight": "{:.2f}".format}
         frame = self._display_frame()
-        formats |= {c: "{:.1f}".format for c in frame.columns if c not in formats and c not in ("", f"k>{K_THRESHOLD}")}
+        formats |= {
+            c: "{:.1f}".format for c in frame.columns if c not in formats and c not in ("", f"k>{K_THRESHOLD}", "Chisq", "Df", "P-val")
+        }
+        formats |= {c: "{:.2f}".format for c in ("AIC", "BIC", "logLik", "deviance") if c in frame.columns}
         models = [f"{label}: {formula}" for label, formula in zip(self._short_labels(), self["formula"])]
         header = self._title().split("\n") + ["Models:", *models]
         return SummaryParts(header, [("", frame)], footer=self._footer_lines(), formats=formats)

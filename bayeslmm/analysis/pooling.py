@@ -277,7 +277,8 @@ def compare_variance_components(
     table = freq[["group", "parameter", "term", "estimate"]].rename(columns={"estimate": "freq_Estimate"})
     attrs = {"frequentist": "REML" if REML else "ML", "bayes": "posterior median", "prob": prob}
     if n_boot:
-        replicates, not_converged = _parametric_bootstrap(reference, n_boot, random_seed, client, workers)
+        spec = ModelSpec.from_model(model)
+        replicates, not_converged = _parametric_bootstrap(reference, spec, n_boot, random_seed, client, workers)
         bounds = np.nanquantile(replicates, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
         table[f"freq_{low}"], table[f"freq_{high}"] = bounds
         attrs.update({
@@ -315,10 +316,12 @@ class _BootstrapPlan:
 
 
 def _parametric_bootstrap(
-    reference: FrequentistResult, n_boot: int, random_seed: int | None, client: Any = None, workers: int | None = None
+    reference: FrequentistResult, spec: ModelSpec, n_boot: int, random_seed: int | None, client: Any = None,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Refit ``n_boot`` responses simulated from ``reference`` (replicate ``i`` seeded by the ``i``-th
-    child of ``SeedSequence(random_seed)``), through :func:`~bayeslmm.engines.executor.run_tasks`.
+    """Refit ``n_boot`` responses simulated from ``reference``, the fit of the model ``spec`` specifies
+    (replicate ``i`` seeded by the ``i``-th child of ``SeedSequence(random_seed)``), through
+    :func:`~bayeslmm.engines.executor.run_tasks`.
 
     Returns
     -------
@@ -328,7 +331,7 @@ def _parametric_bootstrap(
     """
     design = reference.design
     plan = _BootstrapPlan(
-        ModelSpec.from_design(design),
+        spec,
         TrueParameters.from_reml(design, reference.beta, reference.theta, reference.sigma),
         reference.REML,
     )

@@ -20,9 +20,11 @@ the number of simulations can be judged. The simulations run through
 Simulation ``j`` at size ``n`` is seeded by ``SeedSequence(random_seed, spawn_key=(n, j))``, so a size's
 numbers do not depend on the other sizes asked for, nor on where the fits ran.
 
-Only terms with one column of the fixed-effects matrix are tested (a factor with several levels is
-one test per column, e.g. ``"group[b]"``; a joint F test is not available here yet). The model must be
-gaussian without an offset (the REML engine and the collapsed sampler).
+A term with several columns (a factor with several levels, or an interaction with one) is tested as
+a whole: by lmerTest's F test of its Type III hypothesis (Satterthwaite denominator df, as
+``anova(model)``), and in the Bayesian fit by whether the posterior's central ``prob`` ellipsoid of the
+same contrasts (Mahalanobis distance from the posterior mean) excludes 0. The model must be gaussian
+without an offset (the REML engine and the collapsed sampler).
 """
 
 from __future__ import annotations
@@ -36,14 +38,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from bayeslmm.analysis.anova import joint_pd
 from bayeslmm.engines import collapsed
 from bayeslmm.engines.executor import TaskFailure, check_executor_arguments, run_tasks, task_threads
 from bayeslmm.engines.sampling import check_random_seed, check_sampler_arguments
 from bayeslmm.errors import DataError, UnsupportedSyntaxError
 from bayeslmm.results import summaries
+from bayeslmm.engines.reml import contrast_f_test
 from bayeslmm.results.frequentist import fit_frequentist
 from bayeslmm.results.report import SummaryParts, layout_html, layout_text
 from bayeslmm.spec.families import Family, get_family
+from bayeslmm.spec.hypotheses import fixed_structure, type3_hypotheses
 from bayeslmm.spec.priors import default_priors
 from bayeslmm.spec.simulate import TrueParameters, covariance_root, extend_data, simulate_response
 from bayeslmm.spec.specification import ModelSpec
@@ -64,7 +69,7 @@ MC_LEVEL = 0.95
 def power(
     model: "FittedModel | str",
     term: str,
-    effect: float,
+    effect: float | dict[str, float],
     along: dict[str, list[int]] | None = None,
     n_sims: int = 200,
     alpha: float = 0.05,
@@ -92,9 +97,11 @@ def power(
         covariances of the group effects, residual SD), on its design. Or a formula, with ``data``,
         ``fixed``, ``covariances`` and ``sigma`` giving the design and every parameter.
     term : str
-        A column of the fixed-effects matrix, e.g. ``"Days"`` or ``"group[b]"``.
-    effect : float
-        The term's coefficient in the simulations (the other parameters as estimated or given).
+        A column of the fixed-effects matrix, e.g. ``"Days"`` or ``"group[b]"`` (t test of that
+        coefficient), or a term of the formula with several columns, e.g. ``"group"`` (F test of all).
+    effect : float or dict of str to float
+        The coefficient in the simulations (the other parameters as estimated or given); for a term with
+        several columns, one per column, e.g. ``{"group[b]": 2.0, "group[c]": 4.0}``.
     along : dict, optional
         One grouping factor and the numbers of its levels to try, e.g. ``{"Subject": [10, 20, 40]}``.
         Levels are added by copying existing groups under new labels, or the first ``n`` kept (see
@@ -151,22 +158,24 @@ def power(
     >>> curve.smallest_size(0.8)  # doctest: +SKIP
     """
     seed = check_random_seed(random_seed)
-    _check_numbers(n_sims, alpha, prob, effect)
+    _check_numbers(n_sims, alpha, prob)
     check_sampler_arguments(draws, tune, chains)
     check_executor_arguments(client, workers)
     base, family = _base_spec(model, data, priors)
     design = base.design()
-    position = _term_position(design, term)
-    parameters = _parameters(model, design, {**(fixed or {}), term: float(effect)}, covariances, sigma)
+    effects = _effects(design, term, effect)
+    parameters = _parameters(model, design, {**(fixed or {}), **effects}, covariances, sigma)
     factor, sizes = _sizes(design, along)
     nested = _nested_factors(design, factor)
-    specs = {}
+    specs, hypotheses = {}, {}
     for size in sizes:
         frame = base.data if size == len(design.factors[factor]) else extend_data(base.data, factor, size, nested)
         specs[size] = dataclasses.replace(base, data=frame)
         _check_supported(specs[size], family)  # builds each size's design here: errors before any fit
+        hypotheses[size] = None if term in design.fixed_terms else type3_hypotheses(specs[size].design(), family)[term]
     entropy = int(np.random.SeedSequence(seed).entropy)
-    plan = _Plan(specs, parameters, term, position, alpha, prob, {"draws": draws, "tune": tune, "chains": chains})
+    columns = [design.fixed_terms.index(name) for name in effects]
+    plan = _Plan(specs, parameters, term, columns, hypotheses, alpha, prob, {"draws": draws, "tune": tune, "chains": chains})
     tasks = [(size, j) for size in sizes for j in range(n_sims)]
     seeds = [np.random.SeedSequence(entropy, spawn_key=(size, j)) for size, j in tasks]
     run = run_tasks(
@@ -180,7 +189,7 @@ def power(
     n_obs = {size: spec.design().n_obs for size, spec in specs.items()}
     table = _curve_table(simulations, sizes, n_obs, n_sims, factor)
     settings = {
-        "term": term, "effect": float(effect), "alpha": alpha, "prob": prob, "n_sims": n_sims, "factor": factor,
+        "term": term, "effect": effects, "test": "t" if hypotheses[sizes[0]] is None else "F", "alpha": alpha, "prob": prob, "n_sims": n_sims, "factor": factor,
         "formula": base.formula, "source": "REML fit of the model" if not isinstance(model, str) else "given parameters",
         "bayes": dict(plan.bayes), "random_seed": entropy, "executor": run.executor, "seconds": run.seconds,
         "parameters": parameters,
@@ -189,14 +198,16 @@ def power(
 
 
 # ============================================================================== checks and inputs
-def _check_numbers(n_sims: Any, alpha: Any, prob: Any, effect: Any) -> None:
+def _check_numbers(n_sims: Any, alpha: Any, prob: Any) -> None:
     if isinstance(n_sims, bool) or not isinstance(n_sims, int | np.integer) or n_sims < 1:
         raise ValueError(f"n_sims must be a positive integer, got {n_sims!r}")
     for name, value in (("alpha", alpha), ("prob", prob)):
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
             raise ValueError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
-    if isinstance(effect, bool) or not isinstance(effect, int | float | np.number) or not math.isfinite(effect):
-        raise ValueError(f"effect must be a finite number (the term's coefficient), got {effect!r}")
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float | np.number) and math.isfinite(value)
 
 
 def _base_spec(model: Any, data: Any, priors: dict | None) -> tuple[ModelSpec, Family]:
@@ -209,10 +220,10 @@ def _base_spec(model: Any, data: Any, priors: dict | None) -> tuple[ModelSpec, F
     elif hasattr(model, "design") and hasattr(model, "fit_frequentist"):
         family = model.family
         overrides = model.prior_overrides if priors is None else priors
-        if data is None:
-            spec = ModelSpec.from_design(model.design, family, overrides)
-        else:
-            spec = _spec(model.formula, data, family, overrides)
+        spec = ModelSpec.from_model(model)
+        spec = dataclasses.replace(spec, priors=overrides) if data is None else _spec(
+            model.formula, data, family, overrides, spec.factors, spec.ordered
+        )
     else:
         raise TypeError(f"power needs an Lmer model or a formula string, got {type(model).__name__}")
     _check_supported(spec, family)
@@ -242,7 +253,8 @@ def _parameters(model: Any, design, fixed: dict, covariances: dict | None, sigma
     return TrueParameters(beta, covs, {"sigma": _positive(sigma, "sigma") if sigma is not None else residual})
 
 
-def _spec(formula: str, data: Any, family: Family, priors: dict | None) -> ModelSpec:
+def _spec(formula: str, data: Any, family: Family, priors: dict | None, factors: dict | None = None,
+          ordered: bool = False) -> ModelSpec:
     """A specification on a design given as data; the response, if absent, is a placeholder (simulated)."""
     from bayeslmm.spec.design import to_pandas
     from bayeslmm.spec.formula import parse_formula
@@ -251,7 +263,7 @@ def _spec(formula: str, data: Any, family: Family, priors: dict | None) -> Model
     response = parse_formula(formula).response
     if response not in frame.columns:
         frame[response] = np.linspace(-1.0, 1.0, len(frame))  # never used: every response is simulated
-    return ModelSpec(formula, frame, family, priors)
+    return ModelSpec(formula, frame, family, priors, factors=factors, ordered=ordered)
 
 
 def _check_supported(spec: ModelSpec, family: Family) -> None:
@@ -273,17 +285,28 @@ def _check_supported(spec: ModelSpec, family: Family) -> None:
         )
 
 
-def _term_position(design, term: str) -> int:
-    terms = list(design.fixed_terms)
-    if term in terms:
-        return terms.index(term)
-    columns = [t for t in terms if t.startswith(f"{term}[")]
-    if columns:
+def _effects(design, term: str, effect: Any) -> dict[str, float]:
+    """The coefficients the tested term gets: ``{column: value}`` (checked against the design's columns)."""
+    columns = list(design.fixed_terms)
+    if term in columns:
+        if not _finite(effect):
+            raise ValueError(f"effect must be a finite number (the coefficient of {term!r}), got {effect!r}")
+        return {term: float(effect)}
+    structure = {t.label: [columns[i] for i in t.columns] for t in fixed_structure(design)}
+    if term not in structure:
         raise DataError(
-            f"power tests one coefficient: {term!r} has {len(columns)} columns {columns}; choose one (a joint F test "
-            "of several columns is not available yet)"
+            f"{term!r} is not a fixed effect of the model; its columns are {columns} and its terms {list(structure)}"
         )
-    raise DataError(f"{term!r} is not a fixed effect of the model; its fixed effects are {terms}")
+    names = structure[term]
+    if len(names) == 1 and _finite(effect):
+        return {names[0]: float(effect)}
+    if not isinstance(effect, dict) or set(effect) != set(names) or not all(_finite(v) for v in effect.values()):
+        example = ", ".join(f"{name!r}: ..." for name in names)
+        raise DataError(
+            f"{term!r} has {len(names)} columns {names} (tested together by an F test): give effect as a number "
+            f"for each, effect={{{example}}}; got {effect!r}"
+        )
+    return {name: float(effect[name]) for name in names}
 
 
 def _fixed_vector(design, fixed: dict, current: dict) -> np.ndarray:
@@ -368,14 +391,15 @@ class _Plan:
     specs: dict[int, ModelSpec]
     parameters: TrueParameters
     term: str
-    position: int
+    columns: list[int]
+    hypotheses: dict[int, np.ndarray | None]  # per size: Type III L of a term with several columns, else None
     alpha: float
     prob: float
     bayes: dict[str, int]
 
 
 _RESULT_COLUMNS = [
-    "estimate", "SE", "DF", "p_value", "reject", "converged", "singular",
+    "estimate", "SE", "statistic", "DF", "p_value", "reject", "converged", "singular",
     "bayes_estimate", "bayes_lower", "bayes_upper", "excludes_zero", "width", "R_hat", "divergences",
 ]
 
@@ -388,24 +412,34 @@ def _simulate_and_fit(plan: _Plan, task: tuple[int, int], seed: np.random.SeedSe
     rng = np.random.default_rng(seed)
     simulated = dataclasses.replace(design, y=simulate_response(design, plan.parameters, rng, spec.family))
     freq = fit_frequentist(simulated, REML=True)
-    row = freq.coefs.loc[plan.term]
+    L = plan.hypotheses[size]
+    if L is None:  # one coefficient: lmerTest's t test
+        row = freq.coefs.loc[plan.term]
+        estimate, se, statistic, df, p = (float(row[c]) for c in ("Estimate", "SE", "T-stat", "DF", "P-val"))
+    else:  # several: lmerTest's F test of the Type III hypothesis
+        test = contrast_f_test(freq.reml, L)
+        estimate, se, statistic, df, p = np.nan, np.nan, test["F-stat"], test["DenomDF"], test["P-val"]
     priors = default_priors(simulated, spec.priors, spec.family)
     threads = task_threads()
     tree, _ = collapsed.sample_marginal(
         simulated, priors, random_seed=int(rng.integers(2**32)), **plan.bayes,
         **({} if threads is None else {"cores": threads}),
     )
-    beta = summaries.stack_draws(tree["posterior"].to_dataset(), "beta")[..., [plan.position]]
-    bayes = summaries.summarize(beta, pd.Index([plan.term]), prob=plan.prob).iloc[0]
+    beta = summaries.stack_draws(tree["posterior"].to_dataset(), "beta")
+    bayes = summaries.summarize(beta[..., plan.columns], pd.Index(plan.columns), prob=plan.prob)
     low, high = summaries.interval_columns(plan.prob)
+    if L is None:
+        lower, upper = float(bayes[low].iloc[0]), float(bayes[high].iloc[0])
+        mean, excludes = float(bayes["Estimate"].iloc[0]), bool(lower > 0 or upper < 0)
+    else:  # the central prob ellipsoid of L beta excludes 0
+        lower = upper = mean = np.nan
+        excludes = joint_pd(beta.reshape(-1, beta.shape[-1]) @ L.T) > (1 + plan.prob) / 2
     stats = tree["sample_stats"].to_dataset()
     return {
-        "estimate": float(row["Estimate"]), "SE": float(row["SE"]), "DF": float(row["DF"]),
-        "p_value": float(row["P-val"]), "reject": bool(row["P-val"] < plan.alpha),
-        "converged": bool(freq.converged), "singular": bool(freq.singular),
-        "bayes_estimate": float(bayes["Estimate"]), "bayes_lower": float(bayes[low]), "bayes_upper": float(bayes[high]),
-        "excludes_zero": bool(bayes[low] > 0 or bayes[high] < 0), "width": float(bayes[high] - bayes[low]),
-        "R_hat": float(bayes["R_hat"]),
+        "estimate": estimate, "SE": se, "statistic": float(statistic), "DF": float(df), "p_value": float(p),
+        "reject": bool(p < plan.alpha), "converged": bool(freq.converged), "singular": bool(freq.singular),
+        "bayes_estimate": mean, "bayes_lower": lower, "bayes_upper": upper, "excludes_zero": bool(excludes),
+        "width": upper - lower, "R_hat": float(bayes["R_hat"].max()),
         "divergences": int(stats["diverging"].sum()) if "diverging" in stats else 0,
     }
 
@@ -460,15 +494,18 @@ class PowerCurve:
         interval) with its interval, ``n_singular`` and ``n_not_converged`` (REML fits), ``n_divergent``
         (Bayesian fits with divergences).
     simulations : pandas.DataFrame
-        One row per simulated data set: ``size``, ``simulation``, REML ``estimate``, ``SE``, ``DF``,
-        ``p_value``, ``reject``, ``converged``, ``singular``, and the Bayesian ``bayes_estimate``
-        (posterior mean), ``bayes_lower``, ``bayes_upper``, ``excludes_zero``, ``width``, ``R_hat``,
-        ``divergences``.
+        One row per simulated data set: ``size``, ``simulation``, REML ``estimate``, ``SE``,
+        ``statistic`` (t, or F for a term with several columns), ``DF``, ``p_value``, ``reject``,
+        ``converged``, ``singular``, and the Bayesian ``bayes_estimate`` (posterior mean),
+        ``bayes_lower``, ``bayes_upper``, ``excludes_zero``, ``width``, ``R_hat`` (the largest of the
+        term's columns), ``divergences``. Estimates and interval ends are NaN for a term with several
+        columns.
     failures : list of TaskFailure
         Simulations whose fit raised, with their seeds (left out of the table; a warning says how many).
     settings : dict
-        ``term``, ``effect``, ``alpha``, ``prob``, ``n_sims``, ``factor``, ``formula``, ``source``,
-        ``bayes`` (sampler settings), ``random_seed``, ``executor``, ``seconds``, ``parameters``.
+        ``term``, ``effect`` (``{column: value}``), ``test`` (``"t"`` or ``"F"``), ``alpha``, ``prob``,
+        ``n_sims``, ``factor``, ``formula``, ``source``, ``bayes`` (sampler settings), ``random_seed``,
+        ``executor``, ``seconds``, ``parameters``.
     """
 
     table: pd.DataFrame
@@ -491,12 +528,16 @@ class PowerCurve:
         s = self.settings
         low, high = summaries.interval_columns(MC_LEVEL)
         b = s["bayes"]
+        if s["test"] == "t":
+            test, region = "t test with Satterthwaite df, two-sided", "interval"
+        else:
+            test, region = "F test of the Type III hypothesis with Satterthwaite df", "ellipsoid of the term's contrasts"
         header = [
             "Power by simulation (bayeslmm)",
             f"Formula: {s['formula']}; parameters: {s['source']}",
-            f"Effect: {s['term']} = {s['effect']:g}; {s['n_sims']} simulated data sets per number of {s['factor']} levels",
-            f"Power: REML t-test with Satterthwaite df, two-sided p < {s['alpha']:g}. Assurance: the {100 * s['prob']:g}% "
-            f"posterior interval excludes 0 (collapsed sampler, {b['chains']} chains x {b['draws']} draws after {b['tune']} tuning)",
+            f"Effect: {effect_text(s)}; {s['n_sims']} simulated data sets per number of {s['factor']} levels",
+            f"Power: REML {test}, p < {s['alpha']:g}. Assurance: the {100 * s['prob']:g}% posterior {region} "
+            f"excludes 0 (collapsed sampler, {b['chains']} chains x {b['draws']} draws after {b['tune']} tuning)",
             f"Ran on {s['executor']} in {s['seconds']:.1f} s; random_seed={s['random_seed']}",
         ]
         t = self.table
@@ -544,3 +585,9 @@ def _with_interval(value: float, low: float, high: float, form: str = "{:.2f}") 
     if not np.isfinite(value):
         return "-"
     return f"{form.format(value)} [{form.format(low)}, {form.format(high)}]"
+
+
+def effect_text(settings: dict) -> str:
+    """``Days = 5``, or ``group: group[b] = 2, group[c] = 4`` for a term with several columns."""
+    values = ", ".join(f"{name} = {value:g}" for name, value in settings["effect"].items())
+    return values if list(settings["effect"]) == [settings["term"]] else f"{settings['term']}: {values}"

@@ -34,9 +34,15 @@ Satterthwaite degrees of freedom
 As lmerTest: the variance parameters are ``varpar = (theta, sigma)``; their asymptotic covariance is
 ``A = 2 H^+`` with ``H`` the Hessian of the (RE)ML deviance in ``varpar`` (``H^+`` the pseudo-inverse
 over positive eigenvalues), and ``df = 2 (l' C l)^2 / (g' A g)`` with ``C = cov(beta_hat)`` and ``g``
-the gradient of ``l' C l`` in ``varpar``, for ``l`` each unit vector (one df per coefficient). Derivatives are central differences with Richardson
-extrapolation (numDeriv's method). Where the denominator is not positive (a degenerate Hessian), the
-coefficient falls back to the residual degrees of freedom ``n - p`` and ``df_method`` says so.
+the gradient of ``l' C l`` in ``varpar``. :func:`fit_reml` applies it to every unit vector ``l`` (one df
+per coefficient); :func:`contrast_t_test` to any linear combination ``l' beta`` (lmerTest's
+``contest1D``), and :func:`contrast_f_test` to several at once, ``L beta = 0`` (lmerTest's
+``contestMD``: the F statistic's denominator df combines the df of the ``q`` independent t statistics
+along the eigenvectors of ``L C L'``). All three read the same two arrays kept in :class:`RemlFit`:
+``A`` (``vcov_varpar``) and the Jacobian of ``C`` in ``varpar`` (``vcov_jacobian``), computed once per
+fit. Derivatives are central differences with Richardson extrapolation (numDeriv's method). Where the
+denominator is not positive (a degenerate Hessian), the df fall back to the residual degrees of freedom
+``n - p`` and ``df_method`` says so.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from bayeslmm.errors import ConvergenceWarning, DataError
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.random_effects import RandomEffects
 
-__all__ = ["RemlFit", "fit_reml", "SINGULAR_TOLERANCE"]
+__all__ = ["RemlFit", "fit_reml", "contrast_t_test", "contrast_f_test", "satterthwaite_df", "SINGULAR_TOLERANCE"]
 
 # Gradient step of the convergence check, relative to max(1, |theta_i|): large enough that rounding
 # noise in the deviance (~1e-12 relative) stays far below the truncation error of the difference.
@@ -97,6 +103,13 @@ class RemlFit:
     message : str
     n_evaluations : int
     seconds : float
+    vcov_varpar : ndarray, shape (m + 1, m + 1)
+        Asymptotic covariance of ``varpar = (theta, sigma)``: twice the pseudo-inverse of the (RE)ML
+        deviance's Hessian in ``varpar`` (lmerTest's ``vcov_varpar``).
+    vcov_jacobian : ndarray, shape (p, p, m + 1)
+        Derivative of ``vcov`` in each element of ``varpar`` (lmerTest's ``Jac_list``).
+    n_obs : int
+        Number of observations (the residual df ``n - p`` is the fallback of the Satterthwaite df).
     """
 
     REML: bool
@@ -113,6 +126,9 @@ class RemlFit:
     message: str
     n_evaluations: int
     seconds: float
+    vcov_varpar: np.ndarray
+    vcov_jacobian: np.ndarray
+    n_obs: int
 
 
 # --------------------------------------------------------------------------------------------------
@@ -154,7 +170,10 @@ def fit_reml(design: Design, REML: bool = True) -> RemlFit:
         sigma = float(np.sqrt(state.pwrss / model.residual_dof(REML)))
         deviance = float(model.deviance(theta, REML))
         unscaled = model.unscaled_covbeta(state)
-        df, df_method = _satterthwaite_df(model, theta, sigma, REML, unscaled)
+        vcov_varpar, vcov_jacobian = _varpar_derivatives(model, theta, sigma, REML, unscaled)
+        vcov = sigma**2 * unscaled
+        df, bad = satterthwaite_df(np.eye(model.p), vcov, vcov_jacobian, vcov_varpar, model.n)
+        df_method = _df_method(bad, [term for term, flag in zip(model.fixed_terms, bad) if flag], model.n - model.p)
         ranef = model.random_effects(state)
     diagonal = design.random.diagonal_mask()
     return RemlFit(
@@ -162,7 +181,7 @@ def fit_reml(design: Design, REML: bool = True) -> RemlFit:
         theta=theta,
         beta=state.beta.copy(),
         sigma=sigma,
-        vcov=sigma**2 * unscaled,
+        vcov=vcov,
         df=df,
         df_method=df_method,
         ranef=ranef,
@@ -172,6 +191,9 @@ def fit_reml(design: Design, REML: bool = True) -> RemlFit:
         message=message,
         n_evaluations=n_evaluations,
         seconds=time.perf_counter() - started,
+        vcov_varpar=vcov_varpar,
+        vcov_jacobian=vcov_jacobian,
+        n_obs=model.n,
     )
 
 
@@ -514,10 +536,10 @@ def _snap_to_bounds(theta: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
     return theta
 
 
-def _satterthwaite_df(
+def _varpar_derivatives(
     model: _ProfiledDeviance, theta: np.ndarray, sigma: float, REML: bool, unscaled: np.ndarray
-) -> tuple[np.ndarray, str]:
-    """Satterthwaite degrees of freedom for each fixed effect, as lmerTest.
+) -> tuple[np.ndarray, np.ndarray]:
+    """The two ingredients of every Satterthwaite df, as lmerTest computes them.
 
     Parameters
     ----------
@@ -530,29 +552,145 @@ def _satterthwaite_df(
 
     Returns
     -------
-    df : ndarray, shape (p,)
-    method : str
-        ``"Satterthwaite"``, or which coefficients fell back to ``n - p``.
+    vcov_varpar : ndarray, shape (m + 1, m + 1)
+        ``2 H^+``, ``H`` the Hessian of the deviance in ``varpar = (theta, sigma)`` (pseudo-inverse over
+        eigenvalues above 1e-8).
+    vcov_jacobian : ndarray, shape (p, p, m + 1)
+        Derivative of ``cov(beta_hat) = sigma^2 (RX'RX)^-1`` in each element of ``varpar``.
     """
     varpar = np.append(theta, sigma)
     hess = hessian(lambda v: model.deviance_varpar(v[:-1], v[-1], REML), varpar)
     values, vectors = np.linalg.eigh(hess)
     positive = values > _EIGEN_TOLERANCE
-    # Asymptotic covariance of varpar: twice the pseudo-inverse of the deviance Hessian.
     cov_varpar = 2.0 * (vectors[:, positive] / values[positive]) @ vectors[:, positive].T
     jac_theta = jacobian(lambda t: model.unscaled_covbeta(model.solve(t)), theta) * sigma**2
-    jac = np.concatenate([jac_theta, (2.0 * sigma * unscaled)[..., None]], axis=-1)  # (p, p, m + 1)
-    variance = sigma**2 * np.diag(unscaled)
-    gradients = np.stack([jac[i, i, :] for i in range(len(variance))])  # (p, m + 1)
-    denominator = np.einsum("ia,ab,ib->i", gradients, cov_varpar, gradients)
+    jac = np.concatenate([jac_theta, (2.0 * sigma * unscaled)[..., None]], axis=-1)
+    return cov_varpar, jac
+
+
+def satterthwaite_df(
+    L: np.ndarray, vcov: np.ndarray, vcov_jacobian: np.ndarray, vcov_varpar: np.ndarray, n_obs: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Satterthwaite degrees of freedom of the linear combinations ``L beta``, one per row (lmerTest).
+
+    ``df = 2 (l' C l)^2 / (g' A g)`` with ``g_a = l' (dC / d varpar_a) l``.
+
+    Parameters
+    ----------
+    L : ndarray, shape (r, p)
+        One linear combination of the fixed effects per row.
+    vcov : ndarray, shape (p, p)
+        ``C``, the covariance of ``beta_hat``.
+    vcov_jacobian : ndarray, shape (p, p, m + 1)
+    vcov_varpar : ndarray, shape (m + 1, m + 1)
+        ``A``.
+    n_obs : int
+        For the fallback ``n - p`` where ``g' A g`` is not positive.
+
+    Returns
+    -------
+    df : ndarray, shape (r,)
+    fallback : ndarray of bool, shape (r,)
+        Rows whose df fell back to ``n - p``.
+    """
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    variance = np.einsum("ri,ij,rj->r", L, vcov, L)
+    gradients = np.einsum("ri,ija,rj->ra", L, vcov_jacobian, L)  # (r, m + 1)
+    denominator = np.einsum("ra,ab,rb->r", gradients, vcov_varpar, gradients)
     with np.errstate(divide="ignore", invalid="ignore"):
         df = 2.0 * variance**2 / denominator
     bad = ~(np.isfinite(df) & (denominator > 0))
-    if not bad.any():
-        return df, "Satterthwaite"
-    residual = float(model.n - model.p)
-    df[bad] = residual
-    names = [term for term, flag in zip(model.fixed_terms, bad) if flag]
-    return df, f"Satterthwaite (residual df n - p = {residual:g} for {', '.join(names)})"
+    df[bad] = float(n_obs - vcov.shape[0])
+    return df, bad
 
 
+def _df_method(bad: np.ndarray, names: list[str], residual: int) -> str:
+    if not np.any(bad):
+        return "Satterthwaite"
+    return f"Satterthwaite (residual df n - p = {residual:g} for {', '.join(names)})"
+
+
+def contrast_t_test(fit: RemlFit, l: np.ndarray, rhs: float = 0.0) -> dict[str, float]:
+    """t test of one linear combination ``l' beta = rhs`` with Satterthwaite df (lmerTest's ``contest1D``).
+
+    Parameters
+    ----------
+    fit : RemlFit
+    l : ndarray, shape (p,)
+    rhs : float
+
+    Returns
+    -------
+    dict
+        ``Estimate`` (``l' beta``), ``SE``, ``DF``, ``T-stat`` (``(l' beta - rhs) / SE``) and ``P-val``
+        (two-sided).
+    """
+    from scipy import stats
+
+    l = np.asarray(l, dtype=float).reshape(-1)
+    _check_contrast(fit, l[None, :])
+    estimate = float(l @ fit.beta)
+    df, _ = satterthwaite_df(l[None, :], fit.vcov, fit.vcov_jacobian, fit.vcov_varpar, fit.n_obs)
+    se = float(np.sqrt(l @ fit.vcov @ l))
+    t_stat = (estimate - rhs) / se
+    return {"Estimate": estimate, "SE": se, "DF": float(df[0]), "T-stat": t_stat,
+            "P-val": float(2.0 * stats.t.sf(abs(t_stat), df[0]))}
+
+
+def contrast_f_test(fit: RemlFit, L: np.ndarray) -> dict[str, float]:
+    """F test of ``L beta = 0`` with Satterthwaite denominator df (lmerTest's ``contestMD``).
+
+    ``L C L'`` is decomposed into eigenvalues ``d_m`` and eigenvectors ``P``; its rank ``q`` (eigenvalues
+    above ``sqrt(eps) d_1``) is the numerator df. The rotated contrasts ``P' L beta`` are independent,
+    each with a t statistic ``t_m`` and Satterthwaite df ``nu_m``; ``F = sum t_m^2 / q``, and its
+    denominator df is ``2 E / (E - q)`` with ``E = sum nu_m / (nu_m - 2)`` (2 when some ``nu_m <= 2``; the
+    common value when all ``nu_m`` are equal; ``nu_1`` when ``q = 1``). The sums of squares are lmerTest's:
+    ``MS = F sigma^2``, ``SS = q MS``.
+
+    Parameters
+    ----------
+    fit : RemlFit
+    L : ndarray, shape (r, p)
+
+    Returns
+    -------
+    dict
+        ``SS``, ``MS``, ``NumDF``, ``DenomDF``, ``F-stat``, ``P-val``.
+    """
+    from scipy import stats
+
+    L = np.atleast_2d(np.asarray(L, dtype=float))
+    _check_contrast(fit, L)
+    values, vectors = np.linalg.eigh(L @ fit.vcov @ L.T)
+    order = np.argsort(values)[::-1]
+    values, vectors = values[order], vectors[:, order]
+    keep = values > max(np.sqrt(np.finfo(float).eps) * values[0], 0.0)
+    q = int(np.sum(keep))
+    rotated = vectors[:, keep].T @ L  # (q, p)
+    t2 = (rotated @ fit.beta) ** 2 / values[keep]
+    F = float(np.sum(t2) / q)
+    nu, _ = satterthwaite_df(rotated, fit.vcov, fit.vcov_jacobian, fit.vcov_varpar, fit.n_obs)
+    den_df = _f_denominator_df(nu)
+    mean_sq = F * fit.sigma**2
+    return {"SS": mean_sq * q, "MS": mean_sq, "NumDF": q, "DenomDF": den_df, "F-stat": F,
+            "P-val": float(stats.f.sf(F, q, den_df))}
+
+
+def _f_denominator_df(nu: np.ndarray, tolerance: float = 1e-8) -> float:
+    """lmerTest's ``get_Fstat_ddf``: the denominator df of an F statistic from the df of its t statistics."""
+    nu = np.asarray(nu, dtype=float)
+    if nu.size == 1:
+        return float(nu[0])
+    if np.all(np.abs(np.diff(nu)) < tolerance):
+        return float(np.mean(nu))
+    if np.any(nu <= 2):
+        return 2.0
+    E = float(np.sum(nu / (nu - 2.0)))
+    return 2.0 * E / (E - nu.size)
+
+
+def _check_contrast(fit: RemlFit, L: np.ndarray) -> None:
+    if L.shape[1] != len(fit.beta) or not np.all(np.isfinite(L)):
+        raise ValueError(
+            f"a contrast needs {len(fit.beta)} finite weights, one per fixed effect; got shape {L.shape}"
+        )

@@ -102,8 +102,8 @@ def check_fit_arguments(draws: Any, tune: Any, chains: Any, random_seed: Any, op
             hint = " (REML is an argument of fit_frequentist(REML=...), the lme4 fit)"
         raise TypeError(
             f"fit() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}{hint}; it takes draws, "
-            f"tune, chains, random_seed, summarize, progressbar, marginalize and the sampler options "
-            f"{', '.join(SAMPLER_OPTIONS)}"
+            f"tune, chains, random_seed, summarize, progressbar (Lmer: also marginalize, factors, ordered) "
+            f"and the sampler options {', '.join(SAMPLER_OPTIONS)}"
         )
     check_sampler_arguments(draws, tune, chains)
     seed = check_random_seed(random_seed)

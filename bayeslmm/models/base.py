@@ -10,7 +10,7 @@ import pandas as pd
 import xarray as xr
 
 from bayeslmm.results import posterior as posterior_eval
-from bayeslmm.results import summaries
+from bayeslmm.results import prediction, summaries
 from bayeslmm.results.fitted import FittedModel
 
 __all__ = ["Model"]
@@ -42,12 +42,108 @@ class Model(FittedModel):
         """
         self._require_fit("data")
         frame = self.design.data.copy()
-        fits = posterior_eval.posterior_mean_response(self.design, self.posterior, self.family)
-        observed = self.design.y if self.design.trials is None else self.design.y / self.design.trials
+        fits = self.fits
         fits_name, residuals_name = _free_names(frame, ("fits", "residuals"))
         frame[fits_name] = fits
-        frame[residuals_name] = observed - fits
+        frame[residuals_name] = self._observed_response() - fits
         return frame
+
+    @property
+    def fits(self) -> np.ndarray:
+        """Posterior mean of the expected response of each row used, shape (n,) (pymer4's ``fits``, as in :attr:`data`)."""
+        self._require_fit("fits")
+        return posterior_eval.posterior_mean_response(self.design, self.posterior, self.family)
+
+    @property
+    def residuals(self) -> np.ndarray:
+        """The observed response (a proportion for binomial models) minus :attr:`fits`, shape (n,) (pymer4's ``residuals``)."""
+        self._require_fit("residuals")
+        return self._observed_response() - self.fits
+
+    def _observed_response(self) -> np.ndarray:
+        design = self.design
+        return design.y if design.trials is None else design.y / design.trials
+
+    def predict(
+        self,
+        data: Any = None,
+        use_rfx: bool = True,
+        pred_type: str = "response",
+        unseen: str = "population",
+        prob: float = 0.95,
+        predictive: bool = False,
+        return_draws: bool = False,
+        n_draws: int | None = None,
+        random_seed: int | None = None,
+        offset: Any = None,
+    ) -> pd.DataFrame | tuple[pd.DataFrame, np.ndarray]:
+        """Posterior predictions for new rows: the expected response with its credible interval.
+
+        Parameters
+        ----------
+        data : pandas.DataFrame or polars.DataFrame, optional
+            The rows to predict, with every predictor (and, with ``use_rfx``, the grouping columns);
+            the fitted rows when None. Categorical predictors may lack levels; a level the model was not
+            fitted to is a :class:`~bayeslmm.errors.DataError`. Never modified.
+        use_rfx : bool
+            Include the group effects (lme4's ``re.form = NULL``); False predicts the population level
+            (``re.form = NA``).
+        pred_type : {"response", "link"}
+            The expected response ``g^{-1}(eta)`` or the linear predictor ``eta``.
+        unseen : {"population", "sample", "error"}
+            What a group level the model has not seen gets: no group effect (lme4's
+            ``allow.new.levels = TRUE``), an effect drawn from the fitted random-effects distribution
+            for every posterior draw, or an error. The ``random_effects`` column says what each row got.
+        prob : float
+            Probability of the intervals.
+        predictive : bool
+            Add the posterior predictive interval of a new observation (``<lo>_pi``, ``<hi>_pi``), which
+            includes the observation noise.
+        return_draws : bool
+            Also return the draws behind the table.
+        n_draws : int, optional
+            Use this many evenly thinned posterior draws (all by default; memory: draws x rows).
+        random_seed : int, optional
+            For ``unseen="sample"`` and the predictive draws.
+        offset : array-like or str, optional
+            The offset of the new rows, for a model fitted with ``offset=`` (a column name or one value
+            per row).
+
+        Returns
+        -------
+        pandas.DataFrame or (pandas.DataFrame, ndarray)
+            Indexed as ``data``: ``Estimate`` (posterior mean), ``<lo>_ci``, ``<hi>_ci``, ``SE``
+            (posterior SD), optionally ``<lo>_pi``, ``<hi>_pi``, and ``random_effects``; with
+            ``return_draws`` also the draws, shape (draws, rows) (of new observations when
+            ``predictive``). :meth:`fit_frequentist` ``().predict`` gives lme4's numbers.
+        """
+        self._require_fit("predict")
+        if predictive and data is not None and self.design.trials is not None and self.family.name == "binomial":
+            raise ValueError(
+                "a predictive interval for new rows of a binomial model needs their numbers of trials, which "
+                "predict does not take; predict the probabilities (predictive=False) and scale them by the trials"
+            )
+        rows = prediction.new_rows(self.design, data, use_rfx, unseen, offset)
+        table, draws = prediction.predict_table(
+            rows, self.posterior, self.family, pred_type, prob, predictive, n_draws, random_seed
+        )
+        return (table, draws) if return_draws else table
+
+    def simulate(self, n: int, use_rfx: bool = True, random_seed: int | None = None) -> pd.DataFrame:
+        """``n`` simulated data sets of the fitted rows from the posterior predictive distribution.
+
+        Each data set uses one posterior draw (evenly spread over the draws). With ``use_rfx`` the
+        groups keep their fitted effects (lme4's ``simulate(use.u = TRUE)``, pymer4's default); without,
+        every group gets new effects drawn from the fitted distribution (``use.u = FALSE``).
+
+        Returns
+        -------
+        pandas.DataFrame, shape (rows, n)
+            Columns ``sim_1`` ... ``sim_n``, indexed as :attr:`data`.
+        """
+        self._require_fit("simulate")
+        rows = prediction.new_rows(self.design, None, use_rfx)
+        return prediction.simulate_table(rows, self.posterior, self.family, n, random_seed)
 
     def posterior_predictive(self, n_draws: int | None = 500, random_seed: int | None = None) -> np.ndarray:
         """Replicated responses from the posterior predictive distribution, shape (n_draws, n_obs)."""
@@ -113,6 +209,10 @@ class Model(FittedModel):
         from bayeslmm import plots  # matplotlib is imported only when a plot is drawn
 
         return plots.plot_coefs(self, terms, **options)
+
+    def plot_summary(self, **options: Any):
+        """pymer4's name for :meth:`plot_coefs`: the fixed-effect posteriors, one row per term."""
+        return self.plot_coefs(**options)
 
     def plot_ppc(self, **options: Any):
         """Posterior predictive check; see :func:`bayeslmm.plots.plot_ppc`."""

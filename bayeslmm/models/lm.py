@@ -15,7 +15,7 @@ from bayeslmm.errors import FormulaError
 from bayeslmm.models.base import Model
 from bayeslmm.results import summaries
 from bayeslmm.results.report import SummaryParts, display_table
-from bayeslmm.spec.design import build_design
+from bayeslmm.spec.contrasts import build_coded_design
 from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.formula import parse_formula
 from bayeslmm.spec.priors import default_priors
@@ -77,7 +77,7 @@ class Lm(Model):
                 f"random-effects terms {terms}; use Lmer for partial pooling or "
                 "Lm2(formula, data, group=...) for a separate regression per group"
             )
-        design = build_design(parsed, data, family)
+        design = build_coded_design(parsed, data, family)
         super().__init__(formula, design, family, default_priors(design, priors, family), priors)
 
     def _sample(self, *, draws, tune, chains, random_seed, progressbar, **options) -> tuple[xr.DataTree, SamplerSettings]:

@@ -18,7 +18,8 @@ from bayeslmm.errors import DataError, FormulaError
 from bayeslmm.results import summaries
 from bayeslmm.results.fitted import FittedModel
 from bayeslmm.results.report import SummaryParts
-from bayeslmm.spec.design import Design, build_design, to_pandas
+from bayeslmm.spec.contrasts import build_coded_design
+from bayeslmm.spec.design import Design, to_pandas
 from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.formula import parse_formula
 from bayeslmm.spec.priors import default_priors
@@ -110,7 +111,7 @@ class Lm2(FittedModel):
             )
         self.group = group
         frame = _drop_missing_groups(to_pandas(data), group)
-        design = build_design(parsed, frame, family)
+        design = build_coded_design(parsed, frame, family)
         codes, levels = _group_codes(design.data[group], group)
         keep, self.excluded = _identified_groups(design.X, codes, levels, group)
         rows = keep[codes]
@@ -177,8 +178,11 @@ class Lm2(FittedModel):
     def _pointwise_log_likelihood(self, posterior: xr.Dataset) -> np.ndarray:
         beta = summaries.stack_draws(posterior, "beta")  # (chain, draw, G, p)
         sigma = summaries.stack_draws(posterior, "sigma")  # (chain, draw, G)
-        mu = np.einsum("cdnp,np->cdn", beta[:, :, self._codes, :], self.design.X)
-        return self.family.log_likelihood(self.design.y, mu, {"sigma": sigma[:, :, self._codes]})
+        chains, draws, groups, p = beta.shape
+        mu = self.grouped_design.linear_predictor(np.zeros(p), [beta.reshape(-1, groups, p)])
+        return self.family.log_likelihood(
+            self.design.y, mu.reshape(chains, draws, -1), {"sigma": sigma[:, :, self._codes]}
+        )
 
     # ------------------------------------------------------------------------------------ results
     @cached_property
@@ -239,7 +243,7 @@ class Lm2(FittedModel):
         """A copy of the rows used, with ``fits`` (posterior mean of ``X beta[g]``) and ``residuals``."""
         self._require_fit("data")
         frame = self.design.data.copy()
-        frame["fits"] = np.sum(self.design.X * self.fixef.to_numpy()[self._codes], axis=1)
+        frame["fits"] = self.grouped_design.linear_predictor(np.zeros(self.fixef.shape[1]), [self.fixef.to_numpy()])
         frame["residuals"] = self.design.y - frame["fits"].to_numpy()
         return frame
 

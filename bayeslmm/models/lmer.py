@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from functools import cached_property
 from typing import Any, ClassVar
@@ -12,13 +13,14 @@ import xarray as xr
 from bayeslmm.analysis import pooling
 from bayeslmm.engines import collapsed
 from bayeslmm.engines.posterior_names import var_names
-from bayeslmm.engines.sampling import SamplerSettings
+from bayeslmm.engines.sampling import SamplerSettings, check_fit_arguments
 from bayeslmm.errors import FormulaError, PriorSensitivityWarning
 from bayeslmm.models.base import Model
 from bayeslmm.results import summaries
 from bayeslmm.results.frequentist import FrequentistResult, fit_frequentist
-from bayeslmm.results.report import SummaryParts, display_table
-from bayeslmm.spec.design import Design, build_design
+from bayeslmm.results.report import ReportTable, SummaryParts, display_table
+from bayeslmm.spec.contrasts import build_coded_design
+from bayeslmm.spec.design import Design
 from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.formula import parse_formula
 from bayeslmm.spec.priors import default_priors, few_levels_warnings
@@ -48,6 +50,13 @@ class Lmer(Model):
     offset : array-like or str, optional
         A known term added to the linear predictor, as glmer's ``offset`` (with the formula's
         ``offset(log(exposure))`` terms, if any).
+    factors : dict, optional
+        Codings of categorical predictors, as pymer4's: ``{"x": ["b", "a", "c"]}`` treatment-codes ``x``
+        against ``"b"`` in that order, ``{"x": {"a": 1, "b": -1, "c": 0}}`` gives one custom contrast
+        (and orthogonal ones for the remaining df); see :mod:`bayeslmm.spec.contrasts`. Also accepted by
+        :meth:`fit`. ``C(x, levels=[...])`` in the formula sets the order too.
+    ordered : bool
+        Polynomial contrasts (R's ``contr.poly``) for the factors given as lists in ``factors``.
 
     Raises
     ------
@@ -73,6 +82,8 @@ class Lmer(Model):
         link: str | None = None,
         weights: Any = None,
         offset: Any = None,
+        factors: dict | None = None,
+        ordered: bool = False,
     ) -> None:
         family = get_family(family, link)
         parsed = parse_formula(formula)
@@ -81,30 +92,58 @@ class Lmer(Model):
                 f"formula {formula!r} has no random-effects term such as '(1 | group)' (lme4 refuses it "
                 "too); use bayeslmm.Lm for a regression without groups"
             )
-        design = build_design(parsed, data, family, weights=weights, offset=offset)
+        design = build_coded_design(parsed, data, family, factors, ordered, weights=weights, offset=offset)
         resolved = default_priors(design, priors, family)
         for message in few_levels_warnings(design, resolved):
             warnings.warn(message, PriorSensitivityWarning, stacklevel=2)
         super().__init__(formula, design, family, resolved, priors)
+        self._factors, self._ordered = _plain(factors), bool(ordered)
+
+    @property
+    def factors(self) -> dict | None:
+        """The ``factors=`` codings in use (pymer4's ``factors``), or None."""
+        return None if self._factors is None else dict(self._factors)
 
     @classmethod
-    def from_design(cls, formula: str, design: Design, family: Family, priors: dict | None = None) -> "Lmer":
-        """An unfitted model on a design already built from ``formula`` (one per response in
-        :func:`bayeslmm.fit_many`); the priors are resolved as the constructor resolves them."""
+    def from_design(
+        cls, formula: str, design: Design, family: Family, priors: dict | None = None, factors: dict | None = None,
+        ordered: bool = False,
+    ) -> "Lmer":
+        """An unfitted model on a design already built from ``formula`` with ``factors``/``ordered`` (one per
+        response in :func:`bayeslmm.fit_many`); the priors are resolved as the constructor resolves them."""
         model = cls.__new__(cls)
         Model.__init__(model, formula, design, family, default_priors(design, priors, family), priors)
+        model._factors, model._ordered = _plain(factors), bool(ordered)
         return model
 
     @property
     def init_arguments(self) -> dict:
-        """``link``, ``weights`` and ``offset`` (on the rows used): what rebuilds this model with the
-        formula, data, family and priors."""
+        """``link``, ``weights`` and ``offset`` (on the rows used), and ``factors`` and ``ordered`` when
+        given: what rebuilds this model with the formula, data, family and priors."""
         design = self.design
-        return {
+        arguments = {
             "link": self.family.link.name,
             "weights": None if design.weights is None else design.weights,
             "offset": None if design.offset_argument is None else design.offset_argument,
         }
+        if self._factors is not None:
+            arguments |= {"factors": self._factors, "ordered": self._ordered}
+        return arguments
+
+    def _recode(self, factors: dict | None, ordered: bool) -> None:
+        """Rebuild the design with new factor codings (``fit(factors=...)``); priors are resolved again."""
+        parsed = parse_formula(self.formula)
+        old = self.design
+        design = build_coded_design(
+            parsed, old.data, self.family, factors, ordered, weights=old.weights, offset=old.offset_argument
+        )
+        design = dataclasses.replace(design, n_dropped=old.n_dropped)
+        priors = default_priors(design, self._overrides, self.family)
+        self._design, self._priors = design, priors
+        self._factors, self._ordered = _plain(factors), bool(ordered)
+        self._resources = {}
+        self._clear_cache()
+        self.idata, self.sampler, self.warnings = None, None, []
 
     # ----------------------------------------------------------------------------------- fitting
     def fit(
@@ -116,6 +155,8 @@ class Lmer(Model):
         summarize: bool = False,
         progressbar: bool | None = None,
         marginalize: bool | None = None,
+        factors: dict | None = None,
+        ordered: bool = False,
         **sampler_options: Any,
     ) -> pd.DataFrame | None:
         """Sample the posterior.
@@ -140,6 +181,9 @@ class Lmer(Model):
             faster); every other model samples the full PyMC model. ``False`` forces the full model;
             ``True`` requires the collapsed sampler and raises if it does not apply. Both sample the
             same posterior.
+        factors, ordered
+            New codings of categorical predictors, as in :class:`Lmer` (pymer4 sets them here): the
+            design is rebuilt before sampling, and the coefficient names follow.
         **sampler_options
             ``target_accept`` (e.g. 0.95), ``maxdepth``, ``cores``; ``nuts_sampler="pymc"`` uses PyMC's
             own NUTS on the full model; ``method="imh"`` or ``"nuts"`` chooses the collapsed sampler's
@@ -150,6 +194,9 @@ class Lmer(Model):
         pandas.DataFrame or None
             :attr:`coefs`, as pymer4's ``fit`` returns; None with ``summarize=True``.
         """
+        if factors is not None or ordered:
+            check_fit_arguments(draws, tune, chains, random_seed, sampler_options)
+            self._recode(factors, ordered)
         return self._fit_loop(
             draws, tune, chains, random_seed, summarize, progressbar, {"marginalize": marginalize}, sampler_options
         )
@@ -241,6 +288,38 @@ class Lmer(Model):
             self, prob=prob, REML=REML, n_boot=n_boot, random_seed=random_seed, **executor
         )
 
+    # ----------------------------------------------------------------------------------- tests
+    def anova(self, force_orthogonal: bool = False, elpd: bool = True, random_seed: int | None = None) -> ReportTable:
+        """Type III ANOVA: lmerTest's F tests next to the elpd gained by each term and its joint pd.
+
+        One row per fixed term (a factor with ``k`` levels is one term). See
+        :func:`bayeslmm.analysis.anova.anova`; ``elpd=False`` skips the refits without each term.
+        """
+        self._require_fit("anova")
+        from bayeslmm.analysis import anova  # ArviZ (for LOO) only when asked for
+
+        return anova.anova(self, force_orthogonal=force_orthogonal, elpd=elpd, random_seed=random_seed)
+
+    def post_hoc(
+        self,
+        marginal_vars: str | list[str],
+        grouping_vars: str | list[str] | None = None,
+        p_adjust: str = "tukey",
+        prob: float = 0.95,
+    ) -> tuple[ReportTable, ReportTable]:
+        """Estimated marginal means and pairwise contrasts (pymer4's ``post_hoc``, emmeans').
+
+        Returns ``(means, contrasts)``: posterior mean, credible interval and pd of each, next to
+        emmeans' frequentist answer (Satterthwaite df, ``p_adjust``-adjusted p-values). See
+        :func:`bayeslmm.analysis.posthoc.post_hoc`.
+        """
+        self._require_fit("post_hoc")
+        from bayeslmm.analysis import posthoc
+
+        return posthoc.post_hoc(self, marginal_vars, grouping_vars, p_adjust=p_adjust, prob=prob)
+
+    emmeans = post_hoc  # pymer4 0.9's name
+
     # ----------------------------------------------------------------------------------- results
     @cached_property
     def fixef(self) -> pd.DataFrame | dict[str, pd.DataFrame]:
@@ -296,6 +375,20 @@ class Lmer(Model):
 
         return plots.plot_caterpillar(self, group, terms, **options)
 
+    def plot(self, param: str | None = None, group: str | None = None, **options: Any):
+        """pymer4's ``plot(param)``: every group's fitted line along predictor ``param``; see :meth:`plot_group_fits`."""
+        return self.plot_group_fits(param, group, **options)
+
+    def to_bambi(self):
+        """The same model as a ``bambi.Model`` (unfitted, with this model's priors), for Bambi's tools.
+
+        See :func:`bayeslmm.models.bambi_export.to_bambi`; correlated random-effects blocks such as
+        ``(Days | Subject)`` cannot be expressed in Bambi and raise an error that says so.
+        """
+        from bayeslmm.models.bambi_export import to_bambi
+
+        return to_bambi(self)
+
     def plot_variance_components(self, **options: Any):
         """Posterior densities of SDs and correlations; see :func:`bayeslmm.plots.plot_variance_components`."""
         from bayeslmm import plots
@@ -341,3 +434,22 @@ class Lmer(Model):
             f"Lmer({self.formula!r}, family={self.family.name!r}, n={self.design.n_obs}, groups: {groups}; "
             f"{self._fit_state()})"
         )
+
+
+def _plain(factors: Any) -> Any:
+    """``factors`` with numpy scalars as Python values (it is saved as JSON with a fitted model)."""
+    if factors is None or not isinstance(factors, dict):
+        return factors
+
+    def value(v):
+        return v.item() if hasattr(v, "item") else v
+
+    out = {}
+    for column, spec in factors.items():
+        if isinstance(spec, dict):
+            out[column] = {value(level): value(weight) for level, weight in spec.items()}
+        elif isinstance(spec, list | tuple):
+            out[column] = [value(level) for level in spec]
+        else:
+            out[column] = spec
+    return out

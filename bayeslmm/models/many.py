@@ -31,7 +31,8 @@ from bayeslmm.engines.sampling import check_fit_arguments
 from bayeslmm.errors import DataError, FormulaError
 from bayeslmm.models.lmer import Lmer
 from bayeslmm.results.report import SummaryParts, layout_html, layout_text
-from bayeslmm.spec.design import Design, build_design, listing, to_pandas
+from bayeslmm.spec.contrasts import build_coded_design
+from bayeslmm.spec.design import Design, listing, to_pandas
 from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.formula import parse_formula
 
@@ -48,6 +49,8 @@ def fit_many(
     *,
     family: str | Family = "gaussian",
     priors: dict | None = None,
+    factors: dict | None = None,
+    ordered: bool = False,
     draws: int = 1000,
     tune: int = 1000,
     chains: int = 4,
@@ -71,6 +74,9 @@ def fit_many(
         As for :class:`~bayeslmm.Lmer`, the same for every response.
     priors : dict, optional
         ``priors=`` overrides, the same for every response (defaults are scaled to each response).
+    factors : dict, optional
+        Codings of categorical predictors, and ``ordered``, as for :class:`~bayeslmm.Lmer`.
+    ordered : bool
     draws, tune, chains : int
         Sampler settings of every fit.
     random_seed : int, optional
@@ -104,7 +110,7 @@ def fit_many(
     """
     seed = check_fit_arguments(draws, tune, chains, random_seed, sampler_options)
     check_executor_arguments(client, workers)
-    plan = _Plan.make(formula, to_pandas(data), responses, get_family(family), priors,
+    plan = _Plan.make(formula, to_pandas(data), responses, get_family(family), priors, factors, bool(ordered),
                       {"draws": draws, "tune": tune, "chains": chains, **sampler_options})
     for response in plan.responses:
         plan.design(response)  # every response's data checked here, before any fit
@@ -129,11 +135,13 @@ class _Plan:
     responses: list[str]
     family: Family
     priors: dict | None
+    factors: dict | None
+    ordered: bool
     settings: dict[str, Any]
 
     @classmethod
     def make(cls, formula: Any, data: pd.DataFrame, responses: Any, family: Family, priors: dict | None,
-             settings: dict) -> "_Plan":
+             factors: dict | None, ordered: bool, settings: dict) -> "_Plan":
         if not isinstance(formula, str) or not formula.strip().startswith("~"):
             raise FormulaError(
                 f"fit_many takes the right-hand side of the formula, e.g. '~ Days + (Days | Subject)', got {formula!r}; "
@@ -150,7 +158,7 @@ class _Plan:
             raise DataError(f"responses {listing(map(repr, missing))} are not columns of the data")
         if _PLACEHOLDER in data.columns:
             raise DataError(f"the data has a column named {_PLACEHOLDER!r}, which fit_many uses itself; rename it")
-        plan = cls(formula.strip()[1:].strip(), data, responses, family, priors, dict(settings))
+        plan = cls(formula.strip()[1:].strip(), data, responses, family, priors, factors, ordered, dict(settings))
         template = plan.template()
         if not template.blocks:
             raise FormulaError(
@@ -172,7 +180,9 @@ class _Plan:
             frame = self.data.assign(**{_PLACEHOLDER: np.arange(len(self.data), dtype=float)})
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._template = build_design(parse_formula(f"{_PLACEHOLDER} ~ {self.rhs}"), frame)
+                self._template = build_coded_design(
+                    parse_formula(f"{_PLACEHOLDER} ~ {self.rhs}"), frame, None, self.factors, self.ordered
+                )
         return self._template
 
     def design(self, response: str) -> Design:
@@ -184,13 +194,16 @@ class _Plan:
         if values.isna().any():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return build_design(parsed, self.data, self.family)
+                return build_coded_design(parsed, self.data, self.family, self.factors, self.ordered)
         frame = self.data.iloc[rows].copy()
         y, trials, note = self.family.encode_response(values.to_numpy(), frame, parsed.response, None)
-        return dataclasses.replace(template, formula=parsed, y=y, data=frame, trials=trials, response_note=note)
+        formula = dataclasses.replace(template.formula, text=parsed.text, response=parsed.response)  # codings kept
+        return dataclasses.replace(template, formula=formula, y=y, data=frame, trials=trials, response_note=note)
 
     def model(self, response: str) -> Lmer:
-        return Lmer.from_design(self.formula(response), self.design(response), self.family, self.priors)
+        return Lmer.from_design(
+            self.formula(response), self.design(response), self.family, self.priors, self.factors, self.ordered
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         return {name: value for name, value in self.__dict__.items() if name != "_template"}

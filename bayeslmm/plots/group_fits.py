@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +39,7 @@ from bayeslmm.plots.style import (
     prob_label,
     shorten,
 )
-from bayeslmm.results.posterior import thinned
+from bayeslmm.results.posterior import linear_predictor, thinned
 from bayeslmm.spec.design import Design
 
 
@@ -175,8 +177,9 @@ def plot_group_fits(
 class _Grid:
     """Predictor values at which group fits are evaluated, with their model-matrix rows.
 
-    ``X`` has the fixed-effects columns, ``Z[block_name]`` each random block's columns, and ``held``
-    the values other predictors are held at (for the note).
+    ``X`` has the fixed-effects columns, ``Z[block_name]`` each random block's columns, ``held``
+    the values other predictors are held at (for the note), and ``design`` the grid as a Design (no
+    group assigned: every level is unseen).
     """
 
     x: str
@@ -185,6 +188,7 @@ class _Grid:
     X: np.ndarray
     Z: dict
     held: dict
+    design: Design
 
 
 def _resolve_x(design: Design, x: str | None) -> str:
@@ -227,7 +231,7 @@ def _prediction_grid(design: Design, x: str, n_grid: int) -> _Grid:
         frame[column] = _like(data[column], [typical] * len(values))
     new = design.evaluate(frame)
     Z = {block.name: block.Z for block in new.blocks}
-    return _Grid(x, values, categorical, new.X, Z, held)
+    return _Grid(x, values, categorical, new.X, Z, held, new)
 
 
 def _typical(series: pd.Series):
@@ -281,13 +285,16 @@ def _group_expected_response(
 
     Returns ``{"mean": (G, m), prob: (2, G, m) ...}``, vectorised over draws, groups and grid points.
     """
-    design = model.design
-    beta = flat_draws(posterior, "beta")
-    chosen = thinned(beta.shape[0], max_draws)
-    eta = (beta[chosen] @ grid.X.T)[:, None, :]
-    for block in design.blocks_of(factor):
-        ranef = flat_draws(posterior, var_names(block)["ranef"])[chosen][:, shown, :]
-        eta = eta + np.einsum("sgk,mk->sgm", ranef, grid.Z[block.name])
+    m = len(grid.values)
+    # the grid repeated for each shown group, its rows given to that group (other factors: population level)
+    rows = grid.design.subset(np.tile(np.arange(m), len(shown)))
+    codes = np.repeat(shown, m)
+    blocks = tuple(
+        dataclasses.replace(block, group_index=codes) if block.factor == factor else block for block in rows.blocks
+    )
+    rows = dataclasses.replace(rows, random=dataclasses.replace(rows.random, blocks=blocks))
+    total = posterior.sizes["chain"] * posterior.sizes["draw"]
+    eta = linear_predictor(rows, posterior, thinned(total, max_draws)).reshape(-1, len(shown), m)
     mu = model.family.inverse_link(eta)
     result = {"mean": mu.mean(axis=0)}
     for prob in probs:

@@ -18,10 +18,10 @@ _MC_COLUMNS = ("2.5_ci", "97.5_ci")
 def plot_power(curve: Any, *, target: float | None = 0.8, axes: Sequence[Axes] | None = None) -> Figure:
     """Power and assurance against the number of groups, with Monte Carlo intervals; mean interval width.
 
-    Left panel: the share of simulated studies whose REML t-test rejects (power, frequentist colour)
+    Left panel: the share of simulated studies whose REML test rejects (power, frequentist colour)
     and whose Bayesian interval excludes 0 (assurance, posterior colour), each with its Monte Carlo
     95% interval, and a dashed line at ``target``. Right panel: the mean width of the Bayesian
-    interval (precision) with its Monte Carlo interval.
+    interval (precision) with its Monte Carlo interval (empty for a term with several columns).
 
     Parameters
     ----------
@@ -50,8 +50,8 @@ def plot_power(curve: Any, *, target: float | None = 0.8, axes: Sequence[Axes] |
     low, high = _MC_COLUMNS
     for offset, (name, color, label) in enumerate(
         (
-            ("power", COLORS["frequentist"], f"power (REML t-test, p < {settings['alpha']:g})"),
-            ("assurance", COLORS["posterior"], f"assurance ({100 * settings['prob']:g}% interval excludes 0)"),
+            ("power", COLORS["frequentist"], f"power (REML {settings['test']} test, p < {settings['alpha']:g})"),
+            ("assurance", COLORS["posterior"], f"assurance ({100 * settings['prob']:g}% region excludes 0)"),
         )
     ):
         values = table[name].to_numpy(dtype=float)
@@ -72,9 +72,7 @@ def plot_power(curve: Any, *, target: float | None = 0.8, axes: Sequence[Axes] |
         ax.set_xlabel(f"number of {settings['factor']} levels")
         ax.grid(alpha=0.25)
         ax.set_xticks(sizes)
-    note = (
-        f"{settings['term']} = {settings['effect']:g}; {settings['n_sims']} simulations per size; "
-        "bars: Monte Carlo 95% intervals"
-    )
+    values = ", ".join(f"{name} = {value:g}" for name, value in settings["effect"].items())
+    note = f"{values}; {settings['n_sims']} simulations per size; bars: Monte Carlo 95% intervals"
     finish_figure(fig, owned, title=f"Power curve: {settings['formula']}", note=note, ax=left)
     return fig

@@ -179,6 +179,8 @@ def _encode_value(value: Any) -> Any:
         return value.item()
     if isinstance(value, bool | int | float | str | list | tuple) or value is None:
         return value
+    if isinstance(value, dict) and "ndarray" not in value:  # Lmer's factors=: {column: levels or weights}
+        return {key: _encode_value(item) for key, item in value.items()}
     raise ResultFileError(f"cannot save a prior parameter of type {type(value).__name__}: {value!r}")
 
 

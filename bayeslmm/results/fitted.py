@@ -10,6 +10,7 @@ which parameters to diagnose, and how to summarise.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import warnings
@@ -197,6 +198,19 @@ class FittedModel:
             dataset = dataset.assign_coords(chain=posterior.chain, draw=posterior.draw, obs=np.arange(values.shape[-1]))
             self.idata["log_likelihood"] = xr.DataTree(dataset)
         return self.idata["log_likelihood"]["y"]
+
+    def variant(self, design: Design, priors: ModelPriors, label: str) -> "FittedModel":
+        """An unfitted copy of this model on another design of the same rows (e.g. without a term).
+
+        Same class, family and prior overrides; ``design`` and ``priors`` replace the model's, and
+        ``label`` its formula in printed output. Fit it with :meth:`fit` (as the analyses that compare a
+        model with a reduced one do, with this fit's sampler settings).
+        """
+        other = copy.copy(self)
+        other.__dict__ = {k: v for k, v in self.__dict__.items() if k not in self._cached}
+        other._design, other._priors, other.formula = design, priors, label
+        other.idata, other.sampler, other.warnings, other._resources = None, None, [], {}
+        return other
 
     def resource(self, name: str, make):
         """A helper object built once per model and kept with it (e.g. the refitter of cross-validation).

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from bayeslmm.engines.reml import RemlFit, fit_reml
+from bayeslmm.engines.reml import RemlFit, contrast_f_test, contrast_t_test, fit_reml
 from bayeslmm.errors import ConvergenceWarning, UnsupportedSyntaxError
-from bayeslmm.results.report import Summary, SummaryParts, layout_html, layout_text
+from bayeslmm.results import prediction
+from bayeslmm.results.report import Summary, SummaryParts, layout_html, layout_text, significance_stars
 from bayeslmm.results.summaries import by_factor, group_tables
 from bayeslmm.spec.design import Design
+from bayeslmm.spec.hypotheses import type3_hypotheses
 
 __all__ = ["FrequentistResult", "fit_frequentist", "SINGULAR_MESSAGE"]
 
@@ -78,6 +80,8 @@ class FrequentistResult:
     n_evaluations : int
     fit_seconds : float
     design : Design
+    reml : RemlFit
+        The engine's arrays, with the derivatives behind every Satterthwaite df.
     """
 
     coefs: pd.DataFrame
@@ -106,6 +110,7 @@ class FrequentistResult:
     n_evaluations: int
     fit_seconds: float
     design: Design = field(repr=False)
+    reml: RemlFit | None = field(default=None, repr=False)
 
     @property
     def warnings(self) -> list[str]:
@@ -116,6 +121,115 @@ class FrequentistResult:
         if self.singular:
             messages.append(SINGULAR_MESSAGE)
         return messages
+
+    # -- tests, predictions, simulations --------------------------------------------------------
+    def test_contrasts(self, L: np.ndarray, index: pd.Index | None = None) -> pd.DataFrame:
+        """A t test with Satterthwaite df of each linear combination ``l' beta`` (a row of ``L``).
+
+        Parameters
+        ----------
+        L : ndarray, shape (r, p)
+        index : pandas.Index, optional
+            Row labels.
+
+        Returns
+        -------
+        pandas.DataFrame, shape (r, 5)
+            ``Estimate``, ``SE``, ``DF``, ``T-stat``, ``P-val`` (two-sided), as lmerTest's ``contest1D``.
+        """
+        L = np.atleast_2d(np.asarray(L, dtype=float))
+        rows = [contrast_t_test(self.reml, l) for l in L]
+        return pd.DataFrame(rows, columns=["Estimate", "SE", "DF", "T-stat", "P-val"], index=index)
+
+    def anova(self, force_orthogonal: bool = False) -> pd.DataFrame:
+        """Type III ANOVA table with Satterthwaite denominator df, as lmerTest's ``anova(model)``.
+
+        One row per fixed term (a factor with ``k`` levels is one term, tested with ``k - 1`` df); the
+        hypothesis of each is the Type III one of :func:`bayeslmm.spec.hypotheses.type3_hypotheses`
+        (equally weighted marginal means for factors), which does not depend on the model's coding,
+        and the F test lmerTest's ``contestMD`` (:func:`bayeslmm.engines.reml.contrast_f_test`).
+
+        Parameters
+        ----------
+        force_orthogonal : bool
+            pymer4 refits with polynomial contrasts to make its Type III sums of squares valid; these
+            hypotheses do not depend on the contrasts, so the table is the same either way (accepted
+            for compatibility).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Indexed by term: ``SS``, ``MS``, ``NumDF``, ``DenomDF``, ``F-stat``, ``P-val``, ``Sig``
+            (pymer4's names for lmerTest's ``Sum Sq``, ``Mean Sq``, ``NumDF``, ``DenDF``, ``F value``,
+            ``Pr(>F)``).
+        """
+        rows = {term: contrast_f_test(self.reml, L) for term, L in type3_hypotheses(self.design).items()}
+        table = pd.DataFrame.from_dict(rows, orient="index", columns=["SS", "MS", "NumDF", "DenomDF", "F-stat", "P-val"])
+        table.index.name = "term"
+        table["Sig"] = [significance_stars(p) for p in table["P-val"]]
+        table.attrs.update({"type": "III", "df_method": "Satterthwaite", "REML": self.REML})
+        return table
+
+    def predict(
+        self, data=None, use_rfx: bool = True, pred_type: str = "response", unseen: str = "population", offset=None
+    ) -> np.ndarray:
+        """Predictions of the (RE)ML fit, as lme4's ``predict(model, newdata, allow.new.levels=TRUE)``.
+
+        Parameters
+        ----------
+        data : pandas.DataFrame or polars.DataFrame, optional
+            New rows; the fitted rows when None.
+        use_rfx : bool
+            Add the conditional modes of the group effects (lme4's ``re.form = NULL``); False gives the
+            population level (``re.form = NA``).
+        pred_type : {"response", "link"}
+            The scale (the same for a gaussian model).
+        unseen : {"population", "error"}
+            New group levels get the population level (lme4's ``allow.new.levels = TRUE``) or raise.
+        offset : array-like or str, optional
+            The offset of the new rows, for a model fitted with ``offset=``.
+
+        Returns
+        -------
+        ndarray, shape (rows,)
+        """
+        if unseen == "sample":
+            raise ValueError("unseen='sample' draws group effects from the posterior; the (RE)ML fit has "
+                             "'population' (lme4's allow.new.levels=TRUE) and 'error'")
+        if pred_type not in ("response", "link"):
+            raise ValueError(f"pred_type must be 'response' or 'link', got {pred_type!r}")
+        rows = prediction.new_rows(self.design, data, use_rfx, unseen, offset)
+        effects = self.reml.ranef if use_rfx and rows.design.blocks else None
+        return rows.design.linear_predictor(self.beta, effects)
+
+    def simulate(self, n: int, use_rfx: bool = True, random_seed: int | None = None) -> pd.DataFrame:
+        """``n`` simulated responses per fitted row from the (RE)ML fit, as lme4's ``simulate``.
+
+        With ``use_rfx`` the group effects are the conditional modes (``use.u = TRUE``); without,
+        each simulation draws new group effects from ``N(0, Sigma_hat)`` (``use.u = FALSE``). The
+        residuals are ``N(0, sigma_hat^2)``.
+
+        Returns
+        -------
+        pandas.DataFrame, shape (rows, n)
+            Columns ``sim_1`` ... ``sim_n``.
+        """
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+            raise ValueError(f"n must be a positive number of simulated data sets, got {n!r}")
+        rng = np.random.default_rng(random_seed)
+        design = self.design
+        factors = [
+            np.linalg.cholesky(covariance + 1e-12 * np.eye(len(covariance)))
+            for covariance in design.random.covariances(self.theta, self.sigma)
+        ]
+        out = np.empty((design.n_obs, n))
+        for i in range(n):
+            if use_rfx:
+                effects = self.reml.ranef
+            else:
+                effects = [rng.standard_normal((b.n_levels, b.n_terms)) @ f.T for b, f in zip(design.blocks, factors)]
+            out[:, i] = design.linear_predictor(self.beta, effects) + rng.normal(0.0, self.sigma, design.n_obs)
+        return pd.DataFrame(out, index=design.data.index, columns=[f"sim_{i}" for i in range(1, n + 1)])
 
     # -- printed forms ---------------------------------------------------------------------------
     def summary_parts(self) -> SummaryParts:
@@ -288,6 +402,7 @@ def _result(design: Design, fit: RemlFit) -> FrequentistResult:
         n_evaluations=fit.n_evaluations,
         fit_seconds=fit.seconds,
         design=design,
+        reml=fit,
     )
 
 

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, ClassVar
 
+import numpy as np
 import pandas as pd
 
 __all__ = [
     "SummaryParts",
     "Summary",
+    "ReportTable",
     "layout_text",
     "layout_html",
     "display_table",
     "text_html",
+    "significance_stars",
+    "p_value_format",
     "DIAGNOSTICS_OK",
 ]
 
@@ -62,6 +66,16 @@ def display_table(frame: pd.DataFrame) -> pd.DataFrame:
         if column in frame:
             frame[column] = frame[column].round().astype(int)
     return frame
+
+
+def significance_stars(p: float) -> str:
+    """pymer4's (and R's) stars for a p-value: ``***`` < .001, ``**`` < .01, ``*`` < .05, ``.`` < .1."""
+    if not np.isfinite(p):
+        return ""
+    for limit, stars in ((0.001, "***"), (0.01, "**"), (0.05, "*"), (0.1, ".")):
+        if p < limit:
+            return stars
+    return ""
 
 
 def _float(value: float) -> str:
@@ -133,3 +147,57 @@ class Summary(str):
 
     def _repr_html_(self) -> str:
         return layout_html(self.parts)
+
+
+class ReportTable(pd.DataFrame):
+    """A result table (ANOVA, post-hoc tests) that is a DataFrame and prints with its title and notes.
+
+    Printing and the notebook display go through :class:`SummaryParts`, like every other result;
+    slices and arithmetic give plain DataFrames.
+
+    Attributes
+    ----------
+    header : list of str
+        Title lines.
+    footer : list of str
+        How to read the table, and notes.
+    formats : dict of str to callable
+        Per-column formatters.
+    """
+
+    _metadata: ClassVar[list[str]] = ["header", "footer", "formats"]
+
+    @property
+    def _constructor(self):
+        return pd.DataFrame
+
+    @classmethod
+    def build(
+        cls, frame: pd.DataFrame, header: list[str], footer: list[str] | None = None, formats: dict | None = None
+    ) -> "ReportTable":
+        table = cls(frame)
+        table.attrs.update(frame.attrs)
+        table.header, table.footer, table.formats = list(header), list(footer or []), dict(formats or {})
+        return table
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """The numbers as a plain DataFrame."""
+        return pd.DataFrame(self)
+
+    def summary_parts(self) -> SummaryParts:
+        """Title, table and notes as :class:`SummaryParts`."""
+        return SummaryParts(self.header, [("", pd.DataFrame(self))], footer=self.footer, formats=self.formats)
+
+    def __repr__(self) -> str:
+        return layout_text(self.summary_parts())
+
+    __str__ = __repr__
+
+    def _repr_html_(self) -> str:
+        return layout_html(self.summary_parts())
+
+
+def p_value_format(value: float) -> str:
+    """A p-value with three significant digits (``1.15e-16``, ``0.781``)."""
+    return "" if not np.isfinite(value) else f"{value:.3g}"

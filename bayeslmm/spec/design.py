@@ -219,7 +219,12 @@ def to_pandas(data: Any) -> pd.DataFrame:
 
 
 def build_design(
-    formula: ParsedFormula, data: Any, family: Family | None = None, weights: Any = None, offset: Any = None
+    formula: ParsedFormula,
+    data: Any,
+    family: Family | None = None,
+    weights: Any = None,
+    offset: Any = None,
+    namespace: dict | None = None,
 ) -> Design:
     """Evaluate ``formula`` on ``data``.
 
@@ -237,6 +242,9 @@ def build_design(
     offset : array-like or str, optional
         A known term added to the linear predictor (glmer's ``offset``; it adds to any
         ``offset(...)`` term of the formula): one per row of ``data``, or the name of a column.
+    namespace : dict, optional
+        Objects the formula's expressions refer to by name besides the data's columns (the factor
+        codings of :func:`bayeslmm.spec.contrasts.apply_codings`, called as ``bayeslmm_code_<i>(x)``).
 
     Returns
     -------
@@ -257,7 +265,7 @@ def build_design(
     weights = _per_row(weights, frame, "weights")
     offset = _per_row(offset, frame, "offset")
 
-    used = _columns_used(formula, frame)
+    used = _columns_used(formula, frame, namespace)
     extra = {name: values for name, values in (("weights", weights), ("offset", offset)) if values is not None}
     frame, n_dropped, kept = _drop_incomplete(frame, used, extra)
     weights = None if weights is None else weights[kept]
@@ -279,7 +287,7 @@ def build_design(
             raw = frame[name].to_numpy()
         y, trials, note = family.encode_response(raw, frame, name, weights)
 
-    fixed_matrices = _evaluate(formula.fixed, frame, "fixed part")
+    fixed_matrices = _evaluate(formula.fixed, frame, "fixed part", namespace)
     if fixed_matrices.common is None:
         X, terms, evaluator = np.zeros((len(frame), 0)), (), None
     else:
@@ -289,7 +297,7 @@ def build_design(
     X, terms, kept = _drop_aliased(X, terms)
     fixed = FixedEffects(X=X, terms=terms, evaluator=evaluator, kept=kept)
 
-    random = RandomEffects(_build_blocks(formula.random, frame))
+    random = RandomEffects(_build_blocks(formula.random, frame, namespace))
     if not family.allows_one_group_per_row:
         for block in random.blocks:
             if block.n_levels >= len(y):
@@ -375,16 +383,16 @@ def _row_labels(frame: pd.DataFrame, positions: np.ndarray, limit: int = 5) -> s
     return ", ".join(labels) + (f" and {len(positions) - limit} more" if len(positions) > limit else "")
 
 
-def _columns_used(formula: ParsedFormula, frame: pd.DataFrame) -> list[str]:
-    """Columns named anywhere in the formula; raise DataError for unknown ones."""
+def _columns_used(formula: ParsedFormula, frame: pd.DataFrame, namespace: dict | None = None) -> list[str]:
+    """Columns named anywhere in the formula (not the names of ``namespace``); raise DataError for unknown ones."""
     import formulae
 
     names: set[str] = set()
-    expressions = [formula.fixed] if formula.binomial is not None else [f"{formula.response} ~ {formula.fixed}"]
-    expressions += [term.expr for term in formula.random]
+    parts = [formula.fixed] if formula.binomial is not None else [f"{formula.response} ~ {formula.fixed}"]
+    parts += [term.expr for term in formula.random]
     for expression in list(formula.binomial or ()) + list(formula.offsets):
         names |= expressions.columns(expression)
-    for expression in expressions:
+    for expression in parts:
         try:
             names |= formulae.model_description(expression).var_names
         except Exception as exc:  # formulae raises several unrelated types for bad syntax
@@ -393,6 +401,7 @@ def _columns_used(formula: ParsedFormula, frame: pd.DataFrame) -> list[str]:
     for term in formula.random:
         names |= set(term.factor.split(":"))
     names.discard("")  # formulae lists an empty name for literal-only pieces such as I(x**2)
+    names -= set(namespace or ())
     unknown = sorted(name for name in names if name not in frame.columns)
     if unknown:
         hints = []
@@ -449,7 +458,7 @@ def _drop_incomplete(
 
     Returns the rows kept, how many were dropped, and the boolean mask of kept rows.
     """
-    complete = frame[columns].notna().all(axis=1).to_numpy()
+    complete = frame[columns].notna().all(axis=1).to_numpy().copy()  # pandas 3 hands out read-only arrays
     for values in (extra or {}).values():
         complete &= ~np.isnan(values)
     columns = columns + list(extra or {})
@@ -469,13 +478,15 @@ def _drop_incomplete(
     return frame, n_dropped, complete
 
 
-def _evaluate(expression: str, frame: pd.DataFrame, what: str):
+def _evaluate(expression: str, frame: pd.DataFrame, what: str, namespace: dict | None = None):
     import formulae
 
     try:
         # log(0) and the like become -inf here; the finiteness checks afterwards report them clearly
         with np.errstate(all="ignore"):
-            return formulae.design_matrices(expression, frame, na_action="error", extra_namespace=expressions.FUNCTIONS)
+            return formulae.design_matrices(
+                expression, frame, na_action="error", extra_namespace={**expressions.FUNCTIONS, **(namespace or {})}
+            )
     except (DataError, FormulaError):
         raise
     except KeyError as exc:
@@ -523,10 +534,14 @@ def _block_names(terms: tuple[RandomTerm, ...]) -> list[str]:
     return names
 
 
-def _build_blocks(terms: tuple[RandomTerm, ...], frame: pd.DataFrame) -> tuple[RandomBlock, ...]:
+def _build_blocks(
+    terms: tuple[RandomTerm, ...], frame: pd.DataFrame, namespace: dict | None = None
+) -> tuple[RandomBlock, ...]:
     blocks: list[RandomBlock] = []
     for term, name in zip(terms, _block_names(terms)):
-        matrices = _evaluate(term.expr, frame, f"random-effects expression of '({term.expr} | {term.factor})'")
+        matrices = _evaluate(
+            term.expr, frame, f"random-effects expression of '({term.expr} | {term.factor})'", namespace
+        )
         if matrices.common is None:
             raise UnsupportedSyntaxError(f"random-effects expression {term.expr!r} has no columns")
         Z = np.asarray(matrices.common.design_matrix, dtype=float)

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bayeslmm.spec.design import Design, build_design
+from bayeslmm.spec.contrasts import build_coded_design
+from bayeslmm.spec.design import Design
 from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.formula import parse_formula
 from bayeslmm.spec.priors import ModelPriors, default_priors
@@ -40,6 +41,9 @@ class ModelSpec:
         The ``priors=`` overrides; the defaults are scaled to the data, as in :class:`~bayeslmm.Lmer`.
     weights, offset : ndarray, shape (n,), optional
         The ``weights=`` and ``offset=`` arguments, one per row of ``data``.
+    factors : dict, optional
+        ``factors=`` codings of categorical columns (see :class:`~bayeslmm.Lmer`); ``ordered`` too.
+    ordered : bool
     resolved : ModelPriors, optional
         Priors to use as they are (e.g. a fitted model's, for its refits) instead of the defaults
         scaled to ``data`` and updated by ``priors``.
@@ -51,28 +55,42 @@ class ModelSpec:
     priors: dict | None = None
     weights: np.ndarray | None = None
     offset: np.ndarray | None = None
+    factors: dict | None = None
+    ordered: bool = False
     resolved: ModelPriors | None = None
 
     @classmethod
     def from_design(cls, design: Design, family: Family | None = None, priors: dict | None = None,
-                    resolved: ModelPriors | None = None) -> "ModelSpec":
+                    resolved: ModelPriors | None = None, factors: dict | None = None,
+                    ordered: bool = False) -> "ModelSpec":
         """The specification of a built design (the rows it uses); the design itself is kept for use in
         this process."""
         spec = cls(
             formula=design.formula.text, data=design.data, family=family or get_family("gaussian"),
             priors=dict(priors) if priors else None, weights=design.weights, offset=design.offset_argument,
-            resolved=resolved,
+            factors=factors, ordered=ordered, resolved=resolved,
         )
         spec._design = design
         return spec
+
+    @classmethod
+    def from_model(cls, model: Any, resolved: bool = False) -> "ModelSpec":
+        """The specification of a model (``Lmer``): its design, family, ``priors=``, ``factors=``; with
+        ``resolved``, its resolved priors are used as they are (a refit keeps the fit's priors)."""
+        arguments = model.init_arguments
+        return cls.from_design(
+            model.design, model.family, model.prior_overrides, resolved=model.model_priors if resolved else None,
+            factors=arguments.get("factors"), ordered=bool(arguments.get("ordered", False)),
+        )
 
     def design(self) -> Design:
         """The design, built on first use (warnings about the data were given when the model was made)."""
         if getattr(self, "_design", None) is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._design = build_design(
-                    parse_formula(self.formula), self.data, self.family, weights=self.weights, offset=self.offset
+                self._design = build_coded_design(
+                    parse_formula(self.formula), self.data, self.family, self.factors, self.ordered,
+                    weights=self.weights, offset=self.offset,
                 )
         return self._design
 

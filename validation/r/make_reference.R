@@ -12,6 +12,9 @@
 #     tests/reference/glmer.json      (GLMMs: glmer, glmer.nb, glmmTMB)
 #     tests/reference/lmer_extra.json (lmerTest anova / summary, emmeans, LRTs,
 #                                      predict, contrasts, singular fits)
+#     tests/reference/lmer_workflow.json (pymer4 workflow: Type III with a
+#                                      covariate interaction, emmeans adjustments,
+#                                      the course's LRT pairs, releveled factors)
 #
 # Every model is fitted to the CSV files in bayeslmm/data/ (read back from
 # disk), so the numbers refer to exactly the data the Python package ships.
@@ -497,6 +500,53 @@ L$singular <- c(list(tol = formals(lme4::isSingular)$tol,
 write_ref(L, "lmer_extra.json")
 
 ## ---------------------------------------------------------------------------
+## C. pymer4 workflow extras -> lmer_workflow.json
+##    (Type III with a factor x covariate interaction, emmeans at the covariate
+##     mean, p-value and interval adjustments, the course's LRT pairs, releveled
+##     treatment coding)
+## ---------------------------------------------------------------------------
+cat("workflow extras ...\n")
+W <- list()
+
+mx <- lmerTest::lmer(angle ~ recipe * temp + (1 | recipe:replicate), data = cake_unord)
+ex <- emmeans(mx, pairwise ~ recipe, adjust = "tukey", lmer.df = "satterthwaite")
+W$factor_by_covariate <- c(lmer_basic(mx), list(
+  data_note = "temp numeric, recipe treatment contrasts",
+  anova = anova_rows(anova(mx, type = 3)),
+  coefficients = coef_rows(mx),
+  emmeans = emm_tab(summary(ex$emmeans)),
+  contrasts = emm_tab(summary(ex$contrasts)),
+  temp_mean = mean(cake_unord$temp)))
+
+adj <- list()
+for (a in c("tukey", "none", "bonferroni", "holm", "sidak", "fdr")) {
+  adj[[a]] <- list(p = emm_tab(summary(e3$contrasts, adjust = a)),
+                   ci = emm_tab(confint(e3$contrasts, adjust = a)))
+}
+W$temperature_adjustments <- c(list(
+  model = "lmer(angle ~ recipe * temperature + (1 | recipe:replicate), cake), temperature unordered",
+  call = "emmeans(m, pairwise ~ temperature, lmer.df = 'satterthwaite'); summary / confint with adjust = each"),
+  adj)
+
+sl0 <- lme4::lmer(Reaction ~ Days + (0 + Days | Subject), data = sleep)
+s3b <- lme4::lmer(Reaction ~ Days + (Days | Subject), data = sleep)
+W$lrt_slopes <- list(
+  models = list(a = "Reaction ~ Days + (0 + Days | Subject)", b = "Reaction ~ Days + (Days | Subject)"),
+  note = "anova(a, b, refit = TRUE)",
+  table = anova_rows(anova(sl0, s3b, refit = TRUE)))
+
+cake_rl <- cake_unord
+cake_rl$recipe <- relevel(cake_rl$recipe, ref = "B")
+mr <- lmerTest::lmer(angle ~ recipe + temperature + (1 | recipe:replicate), data = cake_rl)
+W$releveled <- c(lmer_basic(mr), list(
+  data_note = "recipe levels B, A, C (reference B), temperature unordered",
+  coef_names = names(fixef(mr)),
+  coefficients = coef_rows(mr),
+  anova = anova_rows(anova(mr, type = 3))))
+
+write_ref(W, "lmer_workflow.json")
+
+## ---------------------------------------------------------------------------
 ## sanity checks against published values
 ## ---------------------------------------------------------------------------
 chkv <- function(label, got, want, tol) {
@@ -509,4 +559,5 @@ chkv("verbagg (Intercept)", G$verbagg$fixef[["(Intercept)"]], 0.19924746, 5e-5)
 chkv("verbagg id SD", G$verbagg$sd[["id:(Intercept)"]], 1.3395329, 5e-5)
 chkv("verbagg item SD", G$verbagg$sd[["item:(Intercept)"]], 0.4952398, 5e-5)
 chkv("LRT s1 vs s2 Chisq", lrt$Chisq[2], 116.46, 0.005)
-chkv("LRT s2 vs s3 Chisq", lrt$Chisq[3], 22.14, 0.005)
+chkv("LRT s2 vs s3 Chisq", lrt$Chisq[3], 42.14, 0.005)
+chkv("LRT (0+Days|S) vs (Days|S) Chisq", W$lrt_slopes$table[[2]]$Chisq, 22.14, 0.005)
