@@ -20,7 +20,6 @@ from bayeslmm.results import summaries
 from bayeslmm.results.frequentist import FrequentistResult, fit_frequentist
 from bayeslmm.results.report import ReportTable, SummaryParts, display_table
 from bayeslmm.spec.contrasts import build_coded_design
-from bayeslmm.spec.design import Design
 from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.formula import parse_formula
 from bayeslmm.spec.priors import default_priors, few_levels_warnings
@@ -103,18 +102,6 @@ class Lmer(Model):
     def factors(self) -> dict | None:
         """The ``factors=`` codings in use (pymer4's ``factors``), or None."""
         return None if self._factors is None else dict(self._factors)
-
-    @classmethod
-    def from_design(
-        cls, formula: str, design: Design, family: Family, priors: dict | None = None, factors: dict | None = None,
-        ordered: bool = False,
-    ) -> "Lmer":
-        """An unfitted model on a design already built from ``formula`` with ``factors``/``ordered`` (one per
-        response in :func:`bayeslmm.fit_many`); the priors are resolved as the constructor resolves them."""
-        model = cls.__new__(cls)
-        Model.__init__(model, formula, design, family, default_priors(design, priors, family), priors)
-        model._factors, model._ordered = _plain(factors), bool(ordered)
-        return model
 
     @property
     def init_arguments(self) -> dict:
@@ -277,7 +264,8 @@ class Lmer(Model):
         return pooling.compare_fixed_effects(self, prob=prob, REML=REML)
 
     def compare_variance_components(
-        self, prob: float = 0.95, REML: bool = True, n_boot: int = 0, random_seed: int | None = None, **executor: Any
+        self, prob: float = 0.95, REML: bool = True, n_boot: int = 0, random_seed: int | None = None, *,
+        client: Any = None, workers: int | None = None,
     ) -> pd.DataFrame:
         """Random-effect SDs and correlations: (RE)ML estimate next to the posterior median and interval.
 
@@ -285,7 +273,7 @@ class Lmer(Model):
         ``client=``/``workers=`` say; see :func:`bayeslmm.analysis.pooling.compare_variance_components`.
         """
         return pooling.compare_variance_components(
-            self, prob=prob, REML=REML, n_boot=n_boot, random_seed=random_seed, **executor
+            self, prob=prob, REML=REML, n_boot=n_boot, random_seed=random_seed, client=client, workers=workers
         )
 
     # ----------------------------------------------------------------------------------- tests

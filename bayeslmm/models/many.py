@@ -35,6 +35,7 @@ from bayeslmm.spec.contrasts import build_coded_design
 from bayeslmm.spec.design import Design, listing, to_pandas
 from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.formula import parse_formula
+from bayeslmm.spec.priors import default_priors
 
 __all__ = ["fit_many", "ManyFits"]
 
@@ -201,12 +202,17 @@ class _Plan:
         return dataclasses.replace(template, formula=formula, y=y, data=frame, trials=trials, response_note=note)
 
     def model(self, response: str) -> Lmer:
-        return Lmer.from_design(
-            self.formula(response), self.design(response), self.family, self.priors, self.factors, self.ordered
-        )
+        """The unfitted Lmer of one response: a variant of the first response's model on its own design."""
+        if getattr(self, "_base", None) is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._base = Lmer(self.formula(self.responses[0]), self.data, self.family, self.priors,
+                                  factors=self.factors, ordered=self.ordered)
+        design = self.design(response)
+        return self._base.variant(design, default_priors(design, self.priors, self.family), self.formula(response))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {name: value for name, value in self.__dict__.items() if name != "_template"}
+        return {name: value for name, value in self.__dict__.items() if name not in ("_template", "_base")}
 
 
 def _fit_response(plan: _Plan, response: str, seed: int) -> dict[str, Any]:
