@@ -5,8 +5,12 @@ Run with ``python bench/bench_many.py`` (about 15 minutes on 2 loaded cores; ``-
 look). Each simulation is one data set simulated from the REML fit of ``Reaction ~ Days + (Days |
 Subject)`` with ``Days = 5``, fitted twice: by REML (with Satterthwaite df) and by the collapsed
 sampler (2 chains x 500 draws after 500 tuning steps). Prints, per executor, the wall time (start-up
-of the workers included), seconds per simulation and the speed-up over serial; then the overhead of
-the executor itself (a task that does nothing) and the start-up of the local pool; then the curve.
+of the workers included), seconds per simulation, the speed-up over serial, and the CPU time of all
+the processes involved (this one and its reaped children: the local workers, Dask's nannies and
+workers), so that the wall times can be read against the load of a shared machine: CPU seconds per
+simulation and the average number of cores in use. Serial runs the two chains of each Bayesian fit on
+two threads (nutpie's default), the workers on one. Then the overhead of the executor itself (a task
+that does nothing) and the start-up of the local pool; then the curve.
 ``--docs`` also writes ``docs/images/power_curve.png``.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 import warnings
 from pathlib import Path
@@ -38,6 +43,12 @@ def _overhead(n: int, **where) -> float:
     return 1000 * (time.perf_counter() - started) / n
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and of its terminated (reaped) children so far."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n-sims", type=int, default=200)
@@ -51,21 +62,25 @@ def main() -> None:
     n_fits = len(SIZES) * args.n_sims
     rows, curves = [], {}
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu()
     curves["serial"] = power(model, "Days", 5.0, workers=1, **settings)
-    rows.append(("serial (this process)", time.perf_counter() - started))
+    rows.append(("serial (this process)", time.perf_counter() - started, _cpu() - cpu))
 
     executor.shutdown()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu()
     curves["processes"] = power(model, "Days", 5.0, workers=args.workers, **settings)
-    rows.append((f"{args.workers} local processes (start-up included)", time.perf_counter() - started))
+    wall = time.perf_counter() - started
+    executor.shutdown()  # the workers end and are reaped: their CPU time is counted
+    rows.append((f"{args.workers} local processes (start-up included)", wall, _cpu() - cpu))
 
     from distributed import Client, LocalCluster
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu()
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
         curves["dask"] = power(model, "Days", 5.0, client=client, **settings)
-        rows.append((f"Dask LocalCluster, {args.workers} workers (cluster start included)", time.perf_counter() - started))
+        wall = time.perf_counter() - started
+    rows.append((f"Dask LocalCluster, {args.workers} workers (cluster start included)", wall, _cpu() - cpu))
+    with LocalCluster(n_workers=args.workers, threads_per_worker=1, dashboard_address=None) as cluster, Client(cluster) as client:
         dask_overhead = _overhead(2000, client=client)
 
     for name in ("processes", "dask"):
@@ -75,9 +90,10 @@ def main() -> None:
 
     serial = rows[0][1]
     print(f"\n{n_fits} simulations (each: REML fit + Bayesian fit of a sleepstudy-sized data set)")
-    print(f"{'executor':<62} {'wall s':>8} {'s/simulation':>13} {'speed-up':>9}")
-    for name, seconds in rows:
-        print(f"{name:<62} {seconds:8.1f} {seconds / n_fits:13.3f} {serial / seconds:8.2f}x")
+    print(f"{'executor':<62} {'wall s':>8} {'s/simulation':>13} {'speed-up':>9} {'CPU s/simulation':>17} {'cores used':>11}")
+    for name, seconds, cpu in rows:
+        print(f"{name:<62} {seconds:8.1f} {seconds / n_fits:13.3f} {serial / seconds:8.2f}x "
+              f"{cpu / n_fits:17.3f} {cpu / seconds:11.2f}")
 
     executor.shutdown()
     started = time.perf_counter()

@@ -48,10 +48,11 @@ def plot_power(curve: Any, *, target: float | None = 0.8, axes: Sequence[Axes] |
     fig, (left, right), owned = make_facets(2, 2, (3.8, 3.0), sharey=False, axes=axes, sharex=True)
     sizes = table.index.to_numpy(dtype=float)
     low, high = _MC_COLUMNS
+    region = "interval" if settings.get("test", "t") == "t" else "ellipsoid"
     for offset, (name, color, label) in enumerate(
         (
             ("power", COLORS["frequentist"], f"power (REML {settings['test']} test, p < {settings['alpha']:g})"),
-            ("assurance", COLORS["posterior"], f"assurance ({100 * settings['prob']:g}% region excludes 0)"),
+            ("assurance", COLORS["posterior"], f"assurance ({100 * settings['prob']:g}% {region} excludes 0)"),
         )
     ):
         values = table[name].to_numpy(dtype=float)
