@@ -97,7 +97,7 @@ def test_no_divergences_and_no_warnings(sleep_corr):
 
 def test_data_fits_and_residuals(sleep_corr, sleep):
     data = sleep_corr.data
-    assert list(data.columns) == ["Reaction", "Days", "Subject", "fits", "residuals"]
+    assert list(data.columns) == ["Reaction", "Days", "Subject", "fits", "residuals", "pearson_residuals"]
     np.testing.assert_allclose(data["fits"] + data["residuals"], sleep["Reaction"])
     row = data.iloc[0]  # subject 308, day 0: fits = coef(308) intercept
     assert row["fits"] == pytest.approx(sleep_corr.fixef.loc[308, "(Intercept)"])
@@ -162,7 +162,7 @@ def test_shapes_of_other_structures(fit_model, sleep, formula, var_rows, terms):
     assert model.ranef_corr is None
     assert list(model.ranef.columns) == terms and model.ranef.shape == (18, len(terms))
     assert list(model.fixef.columns) == ["(Intercept)", "Days"] and model.fixef.shape == (18, 2)
-    assert model.data.shape == (180, 5)
+    assert model.data.shape == (180, 6)  # Reaction, Days, Subject, fits, residuals, pearson_residuals
     assert int(model.idata["sample_stats"]["diverging"].sum()) == 0
     if terms == ["Days"]:  # (0 + Days | Subject): every subject shares the fixed intercept
         np.testing.assert_allclose(model.fixef["(Intercept)"], model.coefs.loc["(Intercept)", "Estimate"])

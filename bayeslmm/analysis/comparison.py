@@ -4,9 +4,10 @@ pymer4's ``lrt(model1, model2, ...)`` compares nested models with a likelihood-r
 call compares models by their expected log predictive density (``elpd``) for new observations,
 estimated by Pareto-smoothed importance-sampling leave-one-out cross-validation (PSIS-LOO, ArviZ), as
 brms's ``loo_compare`` does. Models need not be nested; they must be fitted to the same observations.
-With ``refit=True`` (the default, as pymer4) and gaussian models, lme4's answer joins the table: the
-models refitted by maximum likelihood, and for each model nested in the one above it the
-likelihood-ratio test (see :func:`lrt` for the nesting rule).
+With ``refit=True`` (the default, as pymer4) and models of one family, lme4's answer joins the table:
+the models refitted by maximum likelihood (``lmer`` with ``REML = FALSE``, or glmer's Laplace fit), and
+for each model nested in the one above it the likelihood-ratio test (see :func:`lrt` for the nesting
+rule).
 
 Public functions (each takes fitted :class:`~bayeslmm.Lmer` models):
 
@@ -17,7 +18,7 @@ Public functions (each takes fitted :class:`~bayeslmm.Lmer` models):
                          model exactly without each observation whose Pareto k exceeds 0.7
 ``kfold(m, k=10)``       K-fold cross-validation (ArviZ ``ELPDDataLOOKFold``)
 ``waic(m)``              WAIC (:class:`ELPDDataWAIC`)
-``r2(m)``                Bayesian R-squared, marginal and conditional, with intervals
+``r2(m)``                Bayesian R-squared (brms's ``bayes_R2``), marginal and conditional
 ``n_parameters(m)``      number of parameters, as lme4's ``npar``/``Df`` in ``anova``
 =======================  ===========================================================================
 
@@ -638,10 +639,17 @@ def _resolve_folds(
 def r2(model: "Lmer", prob: float = 0.95) -> pd.DataFrame:
     """Bayesian R-squared (Gelman, Goodrich, Gabry & Vehtari 2019), marginal and conditional.
 
-    For every posterior draw ``s``, with ``mu_s`` the fitted means of the rows and ``y`` the data,
+    For every posterior draw ``s``, with ``mu_s`` the expected responses of the rows and ``y`` the data,
     ``R2_s = var(mu_s) / (var(mu_s) + var(y - mu_s))`` (variances over rows), as brms's ``bayes_R2``.
-    *Conditional* uses the fitted means with the group effects; *marginal* the fixed effects only
-    (brms's ``bayes_R2(re_formula = NA)``), so its residual variance includes the group effects.
+    *Conditional* uses the expected responses with the group effects; *marginal* the fixed effects
+    only (brms's ``bayes_R2(re_formula = NA)``), so its residual variance includes the group effects.
+
+    For generalized linear mixed models this is the same definition on the response scale, as brms's
+    (not Nakagawa & Schielzeth's R2 with a distribution-specific variance on the link scale): ``y`` is the
+    response as the family encodes it (the number of successes for binomial models, counts for counts)
+    and ``mu_s`` its expected value under draw ``s`` (trials x probability, or the mean count), offsets
+    included. A binary response's residual variance is large, so such R2 values are low by
+    construction.
 
     Parameters
     ----------
@@ -662,11 +670,14 @@ def r2(model: "Lmer", prob: float = 0.95) -> pd.DataFrame:
     chains, draws = posterior.sizes["chain"], posterior.sizes["draw"]
     total = chains * draws
     beta = summaries.stack_draws(posterior, "beta").reshape(total, -1)
+    trials = 1.0 if design.trials is None else design.trials
     values = np.empty((total, 2))
     for start in range(0, total, _DRAW_CHUNK):
         part = slice(start, min(start + _DRAW_CHUNK, total))
-        values[part, 0] = _r2_draws(design.y, family.inverse_link(design.linear_predictor(beta[part])))
-        values[part, 1] = _r2_draws(design.y, family.inverse_link(posterior_eval.linear_predictor(design, posterior, part)))
+        marginal = design.linear_predictor(beta[part])
+        conditional = posterior_eval.linear_predictor(design, posterior, part)
+        values[part, 0] = _r2_draws(design.y, trials * family.inverse_link(marginal))
+        values[part, 1] = _r2_draws(design.y, trials * family.inverse_link(conditional))
     index = pd.Index(["marginal", "conditional"], name="R2")
     table = summaries.summarize(values.reshape(chains, draws, 2), index, prob=prob, diagnostics=False)
     return table.drop(columns="pd")
@@ -731,8 +742,9 @@ def lrt(
         How ArviZ computes the model weights: ``"stacking"`` (default), ``"bb-pseudo-bma"`` or
         ``"pseudo-bma"``.
     refit : bool
-        Add lme4's ``anova(..., refit = TRUE)`` columns from maximum-likelihood refits (gaussian
-        ``Lmer`` models only; computed once per model): ``AIC``, ``BIC``, ``logLik``, ``deviance``, and
+        Add lme4's ``anova(..., refit = TRUE)`` columns from maximum-likelihood fits (``Lmer`` models of
+        one family and link; ML for gaussian models, glmer's Laplace fit for the others; computed once
+        per model): ``AIC``, ``BIC``, ``logLik``, ``deviance``, and
         for each row nested in the row above ``Chisq`` (twice the gain in log-likelihood, at least 0),
         ``Df`` (the difference in ``npar``) and ``P-val`` (chi-square). A model is *nested* in the one
         above when it has fewer parameters, its fixed-effect columns lie in the span of the other's,
@@ -787,7 +799,7 @@ def lrt(
         warnings.warn(message, ParetoKWarning, stacklevel=2)
         notes.append(message)
     table = _comparison_table(models, labels, elpds, criterion, method)
-    if refit and all(m.family.name == "gaussian" and hasattr(m, "fit_frequentist") for m in models):
+    if refit and all(hasattr(m, "fit_frequentist") for m in models) and len({m.family for m in models}) == 1:
         table = _likelihood_ratio_tests(table, dict(zip(labels, models)))
     return ModelComparison.build(table, criterion, dict(zip(labels, elpds)), notes, kfold)
 

@@ -6,10 +6,13 @@ shrinks every group's estimate from its own no-pooling value toward the populati
 the fewer rows the group has and the smaller the between-group variance.
 
 :func:`compare_group_estimates`, :func:`compare_fixed_effects` and :func:`compare_variance_components`
-put the frequentist REML (or ML) fit of the model (``model.fit_frequentist``, computed once) next to
-its Bayesian posterior. Frequentist columns start with ``freq_``, Bayesian ones with ``bayes_``.
-:func:`no_pooling_ols` and :func:`complete_pooling_ols` are the least-squares references
-(:mod:`bayeslmm.engines.least_squares`).
+put the frequentist fit of the model (``model.fit_frequentist``, computed once: lme4's REML or ML for
+gaussian models, glmer's Laplace fit otherwise) next to its Bayesian posterior. Frequentist columns
+start with ``freq_``, Bayesian ones with ``bayes_``. :func:`no_pooling` and :func:`complete_pooling` are
+the references at both ends (:mod:`bayeslmm.engines.least_squares`): least squares for gaussian models,
+maximum-likelihood GLMs (one per group, and one for all rows) for binomial, Poisson and negative
+binomial models, on the link scale; :func:`no_pooling_ols` and :func:`complete_pooling_ols` are their
+least-squares forms whatever the family.
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ from bayeslmm.results.frequentist import FrequentistResult, fit_frequentist
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.simulate import TrueParameters, simulate_response
 from bayeslmm.spec.specification import ModelSpec
+from bayeslmm.spec.families import Family, get_family
 
 if TYPE_CHECKING:
     from bayeslmm.results.fitted import FittedModel
 
 __all__ = [
+    "no_pooling",
+    "complete_pooling",
     "no_pooling_ols",
     "complete_pooling_ols",
     "compare_group_estimates",
@@ -43,15 +49,17 @@ __all__ = [
 ]
 
 
-def no_pooling_ols(model: "FittedModel | Design", factor: str | None = None) -> pd.DataFrame:
-    """No-pooling least-squares coefficients of every group.
+def no_pooling(model: "FittedModel | Design", factor: str | None = None, family: Family | None = None) -> pd.DataFrame:
+    """No-pooling coefficients of every group: least squares, or GLMs for non-gaussian families.
 
     For a mixed model (or its :class:`~bayeslmm.spec.design.Design`) and grouping factor ``g``, every
     term that varies by ``g`` gets its own coefficient per level; the other fixed terms are estimated
     once, jointly (the mixed model with infinite group variances). With ``(Days | Subject)`` this is one
-    OLS regression per subject (lme4's ``lmList``); with ``(1 | Subject)`` one intercept per subject and a
-    common ``Days`` slope. For an :class:`~bayeslmm.Lm2`, every term varies by its group: one OLS
-    regression per group.
+    regression per subject (lme4's ``lmList``); with ``(1 | Subject)`` one intercept per subject and a
+    common ``Days`` slope. Gaussian models are fitted by least squares; binomial, Poisson and negative
+    binomial models by maximum likelihood, as one GLM with group-specific columns (for ``(1 | herd)``,
+    ``glm(cbind(incidence, size - incidence) ~ 0 + herd + period, binomial)``), on the link scale. For an
+    :class:`~bayeslmm.Lm2`, every term varies by its group: one regression per group.
 
     Parameters
     ----------
@@ -59,27 +67,34 @@ def no_pooling_ols(model: "FittedModel | Design", factor: str | None = None) -> 
         Fitted or not.
     factor : str, optional
         The grouping factor; the formula's first by default. Ignored for :class:`~bayeslmm.Lm2`.
+    family : Family, optional
+        The model's family by default (gaussian for a Design).
 
     Returns
     -------
     pandas.DataFrame, shape (G, number of terms)
         Indexed by the factor's levels; columns as lme4's ``coef()``. Coefficients that a group's rows
-        cannot identify are NaN, with a warning.
+        cannot identify are NaN, with a warning: too few rows, a predictor constant within the group, or
+        (GLMs) responses that are all 0, or all successes, which have no finite estimate.
 
     Raises
     ------
     DataError
         The model has no grouping factor, or ``factor`` is not one of them.
     """
+    family = _family_of(model, family)
     grouped = getattr(model, "grouped_design", None)  # Lm2: its group, every term varying
     if grouped is not None:
-        return least_squares.no_pooling(grouped)
+        return least_squares.no_pooling(grouped, family=family)
     design = model if isinstance(model, Design) else model.design
-    return least_squares.no_pooling(design, factor)
+    return least_squares.no_pooling(design, factor, family=family)
 
 
-def complete_pooling_ols(model: "FittedModel | Design") -> pd.Series:
-    """Complete-pooling least-squares coefficients: OLS of the response on the fixed part ``X``.
+def complete_pooling(model: "FittedModel | Design", family: Family | None = None) -> pd.Series:
+    """Complete-pooling coefficients: one regression of the response on the fixed part ``X``.
+
+    Least squares for gaussian models, the maximum-likelihood GLM (trials and offset included, link
+    scale) otherwise.
 
     Returns
     -------
@@ -87,11 +102,27 @@ def complete_pooling_ols(model: "FittedModel | Design") -> pd.Series:
         Indexed by fixed term; NaN for a column that is a linear combination of the others.
     """
     design = model if isinstance(model, Design) else model.design
-    return least_squares.complete_pooling(design)
+    return least_squares.complete_pooling(design, _family_of(model, family))
+
+
+def no_pooling_ols(model: "FittedModel | Design", factor: str | None = None) -> pd.DataFrame:
+    """:func:`no_pooling` by least squares, whatever the model's family."""
+    return no_pooling(model, factor, family=get_family("gaussian"))
+
+
+def complete_pooling_ols(model: "FittedModel | Design") -> pd.Series:
+    """:func:`complete_pooling` by least squares, whatever the model's family."""
+    return complete_pooling(model, family=get_family("gaussian"))
+
+
+def _family_of(model: Any, family: Family | None) -> Family:
+    if family is not None:
+        return family
+    return getattr(model, "family", None) or get_family("gaussian")
 
 
 def compare_group_estimates(
-    model: "FittedModel", factor: str | None = None, prob: float = 0.95, REML: bool = True
+    model: "FittedModel", factor: str | None = None, prob: float = 0.95, REML: bool | None = None
 ) -> pd.DataFrame:
     """Every group's coefficients under no, partial (frequentist and Bayesian) and complete pooling.
 
@@ -103,21 +134,22 @@ def compare_group_estimates(
         The grouping factor; the formula's first by default.
     prob : float
         Probability of the Bayesian credible interval.
-    REML : bool
-        Frequentist fit by REML (default) or ML.
+    REML : bool, optional
+        Gaussian models: frequentist fit by REML (None or True) or ML (False). Other families are
+        fitted by maximum likelihood (Laplace): leave it None.
 
     Returns
     -------
     pandas.DataFrame, shape (G * k, 11)
-        One row per (level, term) for the ``k`` terms that vary by ``factor``, columns:
+        One row per (level, term) for the ``k`` terms that vary by ``factor``, on the link scale, columns:
 
         - ``factor``, ``level``, ``term``; ``n``: rows of the group;
-        - ``no_pooling``: least squares with the group's own coefficient (:func:`no_pooling_ols`);
-        - ``partial_freq``: (RE)ML fixed effect plus conditional mode (BLUP), lme4's ``coef()``;
+        - ``no_pooling``: the group's own coefficient (:func:`no_pooling`: least squares, or a GLM);
+        - ``partial_freq``: frequentist fixed effect plus conditional mode, lme4's ``coef()``;
         - ``partial_bayes``, ``partial_bayes_SE``, ``partial_bayes_<lo>_ci``, ``partial_bayes_<hi>_ci``:
           posterior mean, SD and equal-tailed interval of fixed plus group effect;
-        - ``complete_pooling``: OLS on the fixed part, the same for every group (0 for a term that
-          has no fixed effect).
+        - ``complete_pooling``: one regression on the fixed part (:func:`complete_pooling`), the same
+          for every group (0 for a term that has no fixed effect).
 
     Raises
     ------
@@ -131,8 +163,8 @@ def compare_group_estimates(
     factor = design.random.resolve_factor(factor)
     low, high = summaries.interval_columns(prob)
     reference = model.fit_frequentist(REML=REML)
-    no_pooling = no_pooling_ols(model, factor)
-    complete = complete_pooling_ols(model)
+    separate = no_pooling(model, factor)
+    complete = complete_pooling(model)
     blocks = design.blocks_of(factor)
     terms = list(dict.fromkeys(term for block in blocks for term in block.terms))
     index = pd.MultiIndex.from_product([list(blocks[0].levels), terms], names=["level", "term"])
@@ -144,7 +176,7 @@ def compare_group_estimates(
 
     table = pd.DataFrame(index=index)
     table["n"] = counts.reindex(index.get_level_values("level")).to_numpy()
-    table["no_pooling"] = _long(no_pooling[terms], index)
+    table["no_pooling"] = _long(separate[terms], index)
     table["partial_freq"] = _long(freq[terms], index)
     table["partial_bayes"] = bayes["Estimate"].to_numpy()
     table["partial_bayes_SE"] = bayes["SE"].to_numpy()
@@ -153,12 +185,12 @@ def compare_group_estimates(
     table["complete_pooling"] = [complete.get(term, 0.0) for term in index.get_level_values("term")]
     table = table.reset_index()
     table.insert(0, "factor", factor)
-    table.attrs.update({"frequentist": "REML" if REML else "ML", "prob": prob})
+    table.attrs.update({"frequentist": _method(reference), "prob": prob})
     return table
 
 
-def compare_fixed_effects(model: "FittedModel", prob: float = 0.95, REML: bool = True) -> pd.DataFrame:
-    """Fixed effects of the (RE)ML fit next to their posterior summaries.
+def compare_fixed_effects(model: "FittedModel", prob: float = 0.95, REML: bool | None = None) -> pd.DataFrame:
+    """Fixed effects of the frequentist fit next to their posterior summaries (link scale).
 
     Parameters
     ----------
@@ -166,17 +198,18 @@ def compare_fixed_effects(model: "FittedModel", prob: float = 0.95, REML: bool =
         Fitted, with at least one random-effects term.
     prob : float
         Probability of both intervals.
-    REML : bool
-        Frequentist fit by REML (default) or ML.
+    REML : bool, optional
+        As :func:`compare_group_estimates`.
 
     Returns
     -------
-    pandas.DataFrame, shape (p, 11)
-        Indexed by term. ``freq_Estimate``, ``freq_SE``, ``freq_<lo>_ci``, ``freq_<hi>_ci`` (t interval
-        on ``freq_DF``), ``freq_DF`` (Satterthwaite, as lmerTest), ``freq_P-val`` (two-sided t-test on
-        ``freq_DF``); ``bayes_Estimate`` (posterior mean), ``bayes_SE`` (posterior SD),
-        ``bayes_<lo>_ci``, ``bayes_<hi>_ci`` (equal-tailed), ``bayes_pd`` (probability of direction).
-        ``attrs["df_method"]`` says how the df were obtained.
+    pandas.DataFrame, shape (p, 11), or (p, 10) for other families than gaussian
+        Indexed by term. ``freq_Estimate``, ``freq_SE``, ``freq_<lo>_ci``, ``freq_<hi>_ci``,
+        ``freq_DF``, ``freq_P-val``: for gaussian models the t interval and two-sided t-test on
+        Satterthwaite's ``freq_DF`` (lmerTest); for GLMMs the Wald z interval and test of
+        ``summary(glmer)``, without ``freq_DF``. Then ``bayes_Estimate`` (posterior mean), ``bayes_SE``
+        (posterior SD), ``bayes_<lo>_ci``, ``bayes_<hi>_ci`` (equal-tailed), ``bayes_pd`` (probability
+        of direction). ``attrs["df_method"]`` says how the tests were made.
 
     Raises
     ------
@@ -188,40 +221,46 @@ def compare_fixed_effects(model: "FittedModel", prob: float = 0.95, REML: bool =
     low, high = summaries.interval_columns(prob)
     freq = reference.coefs
     bayes = summaries.coefs_table(model.design, model.posterior, prob=prob)
-    from scipy import stats
-
-    half = stats.t.ppf((1 + prob) / 2, freq["DF"].to_numpy()) * freq["SE"].to_numpy()
-    table = pd.DataFrame(
-        {
-            "freq_Estimate": freq["Estimate"].to_numpy(),
-            "freq_SE": freq["SE"].to_numpy(),
-            f"freq_{low}": freq["Estimate"].to_numpy() - half,
-            f"freq_{high}": freq["Estimate"].to_numpy() + half,
-            "freq_DF": freq["DF"].to_numpy(),
-            "freq_P-val": freq["P-val"].to_numpy(),
-            "bayes_Estimate": bayes["Estimate"].to_numpy(),
-            "bayes_SE": bayes["SE"].to_numpy(),
-            f"bayes_{low}": bayes[low].to_numpy(),
-            f"bayes_{high}": bayes[high].to_numpy(),
-            "bayes_pd": bayes["pd"].to_numpy(),
-        },
-        index=pd.Index(model.design.fixed_terms, name="term"),
-    )
-    table.attrs.update({"frequentist": "REML" if REML else "ML", "df_method": reference.df_method, "prob": prob})
+    lower, upper = reference.wald_interval(prob)
+    columns = {
+        "freq_Estimate": freq["Estimate"].to_numpy(),
+        "freq_SE": freq["SE"].to_numpy(),
+        f"freq_{low}": lower,
+        f"freq_{high}": upper,
+    }
+    if "DF" in freq:
+        columns["freq_DF"] = freq["DF"].to_numpy()
+    columns |= {
+        "freq_P-val": freq["P-val"].to_numpy(),
+        "bayes_Estimate": bayes["Estimate"].to_numpy(),
+        "bayes_SE": bayes["SE"].to_numpy(),
+        f"bayes_{low}": bayes[low].to_numpy(),
+        f"bayes_{high}": bayes[high].to_numpy(),
+        "bayes_pd": bayes["pd"].to_numpy(),
+    }
+    table = pd.DataFrame(columns, index=pd.Index(model.design.fixed_terms, name="term"))
+    table.attrs.update({"frequentist": _method(reference), "df_method": reference.df_method, "prob": prob})
     return table
+
+
+def _method(reference: FrequentistResult) -> str:
+    """How a frequentist fit was made: ``"REML"``, ``"ML"``, ``"Laplace"`` or ``"AGQ (nAGQ = k)"``."""
+    if not reference.glmm:
+        return "REML" if reference.REML else "ML"
+    return "Laplace" if reference.nAGQ == 1 else f"AGQ (nAGQ = {reference.nAGQ})"
 
 
 def compare_variance_components(
     model: "FittedModel",
     prob: float = 0.95,
-    REML: bool = True,
+    REML: bool | None = None,
     n_boot: int = 0,
     random_seed: int | None = None,
     *,
     client: Any = None,
     workers: int | None = None,
 ) -> pd.DataFrame:
-    """Standard deviations and correlations of the random effects: (RE)ML estimate next to the posterior.
+    """Standard deviations and correlations of the random effects: frequentist estimate next to the posterior.
 
     Parameters
     ----------
@@ -229,15 +268,17 @@ def compare_variance_components(
         Fitted, with at least one random-effects term.
     prob : float
         Probability of the intervals.
-    REML : bool
-        Frequentist fit by REML (default) or ML.
+    REML : bool, optional
+        As :func:`compare_group_estimates`.
     n_boot : int
         Parametric-bootstrap replicates for a frequentist percentile interval (0: no interval). Each
         replicate simulates a response from the fitted model (fixed effects, group effects drawn from
-        the estimated covariances, residuals) and refits it: ``n_boot`` frequentist fits (0.05-0.3 s
-        each on sleepstudy). Replicates whose optimiser did not converge are kept and counted in
-        ``attrs["n_boot_not_converged"]``; a refit that raises is left out (NaN) with a warning naming
-        its seed, and counted in ``attrs["n_boot_failed"]``.
+        the estimated covariances, then the family's distribution: normal residuals, binomial,
+        Poisson or negative binomial counts with the fit's trials, offset and dispersion) and refits
+        it: ``n_boot`` frequentist fits (0.05-0.3 s each on sleepstudy or cbpp). Replicates whose
+        optimiser did not converge are kept and counted in ``attrs["n_boot_not_converged"]``; a refit
+        that raises is left out (NaN) with a warning naming its seed, and counted in
+        ``attrs["n_boot_failed"]``.
     random_seed : int, optional
         Seed of the bootstrap: replicate ``i`` is seeded by the ``i``-th child of
         ``numpy.random.SeedSequence(random_seed)``, so the interval does not depend on where it ran.
@@ -248,8 +289,8 @@ def compare_variance_components(
     -------
     pandas.DataFrame, shape (number of SDs + number of correlations, 6 or 8)
         One row per parameter, in the order of ``ranef_var`` then ``ranef_corr``. Columns ``group``,
-        ``parameter`` (``"sd"`` or ``"corr"``), ``term`` (the term's name, ``""`` for the residual,
-        ``"IV1, IV2"`` for a correlation), ``freq_Estimate`` ((RE)ML estimate), with ``n_boot``
+        ``parameter`` (``"sd"`` or ``"corr"``), ``term`` (the term's name, ``""`` for the residual of a
+        gaussian model, ``"IV1, IV2"`` for a correlation), ``freq_Estimate`` (frequentist estimate), with ``n_boot``
         ``freq_<lo>_ci`` and ``freq_<hi>_ci`` (bootstrap percentiles), ``bayes_Estimate`` (posterior
         median, as ``ranef_var``), ``bayes_<lo>_ci`` and ``bayes_<hi>_ci`` (equal-tailed).
 
@@ -275,7 +316,7 @@ def compare_variance_components(
         interval=(low, high),
     )
     table = freq[["group", "parameter", "term", "estimate"]].rename(columns={"estimate": "freq_Estimate"})
-    attrs = {"frequentist": "REML" if REML else "ML", "bayes": "posterior median", "prob": prob}
+    attrs = {"frequentist": _method(reference), "bayes": "posterior median", "prob": prob}
     if n_boot:
         spec = ModelSpec.from_model(model)
         replicates, not_converged = _parametric_bootstrap(reference, spec, n_boot, random_seed, client, workers)
@@ -313,14 +354,16 @@ class _BootstrapPlan:
     spec: ModelSpec
     truth: TrueParameters
     REML: bool
+    nAGQ: int
 
 
 def _parametric_bootstrap(
     reference: FrequentistResult, spec: ModelSpec, n_boot: int, random_seed: int | None, client: Any = None,
     workers: int | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Refit ``n_boot`` responses simulated from ``reference``, the fit of the model ``spec`` specifies
-    (replicate ``i`` seeded by the ``i``-th child of ``SeedSequence(random_seed)``), through
+    """Refit ``n_boot`` responses simulated from ``reference`` with new group effects (the simulation of
+    its ``simulate``), ``reference`` being the fit of the model ``spec`` specifies; replicate ``i`` is
+    seeded by the ``i``-th child of ``SeedSequence(random_seed)``, and the refits run through
     :func:`~bayeslmm.engines.executor.run_tasks`.
 
     Returns
@@ -329,12 +372,7 @@ def _parametric_bootstrap(
         The SDs then correlations of each refit, in :func:`_variance_rows` order (NaN if a refit failed).
     not_converged : int
     """
-    design = reference.design
-    plan = _BootstrapPlan(
-        spec,
-        TrueParameters.from_reml(design, reference.beta, reference.theta, reference.sigma),
-        reference.REML,
-    )
+    plan = _BootstrapPlan(spec, reference.parameters(), reference.REML, reference.nAGQ or 1)
     seeds, _ = spawn_seeds(random_seed, n_boot)
     run = run_tasks(
         _bootstrap_replicate, range(n_boot), seeds, shared=plan, client=client, workers=workers,
@@ -350,8 +388,8 @@ def _parametric_bootstrap(
 def _bootstrap_replicate(plan: _BootstrapPlan, replicate: int, seed: np.random.SeedSequence) -> tuple[np.ndarray, bool]:
     """One replicate: a response simulated from the estimates, refitted; (SDs and correlations, converged)."""
     design = plan.spec.design()
-    y = simulate_response(design, plan.truth, np.random.default_rng(seed))
-    refit = fit_frequentist(dataclasses.replace(design, y=y), REML=plan.REML)
+    y = simulate_response(design, plan.truth, np.random.default_rng(seed), plan.spec.family)
+    refit = fit_frequentist(dataclasses.replace(design, y=y), REML=plan.REML, family=plan.spec.family, nAGQ=plan.nAGQ)
     return _variance_rows(refit.ranef_var, refit.ranef_corr)["estimate"].to_numpy(), bool(refit.converged)
 
 

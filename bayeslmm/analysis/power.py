@@ -243,8 +243,7 @@ def _parameters(model: Any, design, fixed: dict, covariances: dict | None, sigma
         covs: dict = {}
         residual = None
     else:
-        reference = model.fit_frequentist(REML=True)
-        truth = TrueParameters.from_reml(model.design, reference.beta, reference.theta, reference.sigma)
+        truth = model.fit_frequentist(REML=True).parameters()
         estimated = dict(zip(model.design.fixed_terms, truth.beta))
         covs = {block.name: cov for block, cov in zip(model.design.blocks, truth.covariances)}
         residual = truth.aux["sigma"]

@@ -6,7 +6,8 @@ spherical ``u ~ N(0, sigma^2 I)``; ``Lambda_theta`` is block diagonal with one l
 ``k x k`` factor ``T_b`` per random-effects block, repeated for each level of its grouping factor.
 ``theta`` holds the lower triangles of the ``T_b`` (column-major, as lme4), and its diagonal elements
 are bounded below by 0. For a given ``theta`` the penalised least-squares problem is solved through
-the sparse Cholesky factor ``L_theta`` of ``Lambda' Z' Z Lambda + I``; ``beta`` and ``sigma`` are
+the sparse Cholesky factor ``L_theta`` of ``Lambda' Z' Z Lambda + I``
+(:mod:`bayeslmm.engines.pwls`, shared with the Laplace engine of GLMMs); ``beta`` and ``sigma`` are
 profiled out, so the optimiser only searches over ``theta``.
 
 Cost per deviance evaluation
@@ -52,10 +53,18 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.sparse as sp
 from scipy import linalg
 
-from bayeslmm.engines.numerical import central_gradient, hessian, jacobian
+from bayeslmm.engines.numerical import central_gradient, hessian, jacobian, scaled_gradient
+from bayeslmm.engines.pwls import (
+    GRADIENT_TOLERANCE,
+    SINGULAR_TOLERANCE,
+    Factor,
+    PenalizedLeastSquares,
+    Solution,
+    check_full_rank,
+    snap_to_bounds,
+)
 from bayeslmm.errors import ConvergenceWarning, DataError
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.random_effects import RandomEffects
@@ -65,16 +74,10 @@ __all__ = ["RemlFit", "fit_reml", "contrast_t_test", "contrast_f_test", "sattert
 # Gradient step of the convergence check, relative to max(1, |theta_i|): large enough that rounding
 # noise in the deviance (~1e-12 relative) stays far below the truncation error of the difference.
 _GRADIENT_STEP = 1e-4
-# lme4's tolerance on the scaled gradient (checkConv's check.conv.grad).
-_GRADIENT_TOLERANCE = 2e-3
 # COBYQA stops when its trust region is this small: theta to about 1e-7.
 _FINAL_TRUST_RADIUS = 1e-7
 # Eigenvalues of the varpar Hessian below this are treated as zero, as lmerTest does.
 _EIGEN_TOLERANCE = 1e-8
-# W (the off-diagonal part of L) is multiplied as a dense matrix above this fill ratio.
-_DENSE_FILL = 0.15
-#: lme4's isSingular tolerance: a diagonal element of some T_b below this is a boundary (singular) fit.
-SINGULAR_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,7 @@ def fit_reml(design: Design, REML: bool = True) -> RemlFit:
         vcov = sigma**2 * unscaled
         df, bad = satterthwaite_df(np.eye(model.p), vcov, vcov_jacobian, vcov_varpar, model.n)
         df_method = _df_method(bad, [term for term, flag in zip(model.fixed_terms, bad) if flag], model.n - model.p)
-        ranef = model.random_effects(state)
+        ranef = model.random_effects(theta, state)
     diagonal = design.random.diagonal_mask()
     return RemlFit(
         REML=REML,
@@ -215,7 +218,7 @@ def _validate(design: Design, REML: bool) -> None:
         raise DataError("the fixed part has no columns; write '1 + ...' to keep at least an intercept")
     if n <= p:
         raise DataError(f"{n} observations cannot estimate {p} fixed effects plus variances")
-    _check_full_rank(design)
+    check_full_rank(design)
     q = sum(block.n_levels * block.n_terms for block in design.blocks)
     if n <= q:
         # lme4 stops when n <= rank(Z) (check.nobs.vs.nRE); q bounds rank(Z), so this is the same
@@ -235,57 +238,16 @@ def _validate(design: Design, REML: bool) -> None:
         raise DataError("REML needs more observations than fixed effects")
 
 
-def _check_full_rank(design: Design) -> None:
-    """Raise DataError naming the fixed-effect columns that are linear combinations of others."""
-    _, r, pivot = linalg.qr(design.X, mode="economic", pivoting=True)
-    diagonal = np.abs(np.diag(r))
-    tolerance = diagonal[0] * max(design.X.shape) * np.finfo(float).eps * 10 if diagonal.size else 0.0
-    rank = int(np.sum(diagonal > tolerance))
-    if rank < design.X.shape[1]:
-        dropped = [design.fixed_terms[i] for i in sorted(pivot[rank:])]
-        raise DataError(
-            f"the fixed-effects matrix is rank deficient (rank {rank} of {design.X.shape[1]}): "
-            f"{', '.join(map(repr, dropped))} are linear combinations of the other columns; "
-            "remove them from the formula (lme4 would drop them silently)"
-        )
-
-
 # --------------------------------------------------------------------------------------------------
-# theta layout and the profiled deviance
+# The profiled deviance
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Factor:
-    """The Cholesky factor ``L = [[L1, 0], [W', LS]]`` of ``Lambda' Z' Z Lambda + I`` at one theta.
-
-    ``L1`` is block diagonal (largest random-effects block; ``L1inv`` holds its inverse blocks), ``W``
-    is ``L1^-1 A12`` and ``LS`` the Cholesky factor of the Schur complement of the other blocks.
-    """
-
-    T1: np.ndarray  # (k1, k1)
-    L1inv: np.ndarray  # (G1, k1, k1)
-    P: np.ndarray  # (G1, k1, k1): L1inv @ T1', maps Z1'(.) to L1^-1 Lambda1'Z1'(.)
-    lam2: sp.csr_array | None  # (q2, q2)
-    W: np.ndarray | sp.csr_array | None  # (q1, q2)
-    LS: np.ndarray | None  # (q2, q2), lower
-    log_det: float  # log |L|^2
-
-
-@dataclass
-class _State:
-    """Penalised least-squares solution at one theta (beta profiled out)."""
-
-    factor: _Factor
-    x: np.ndarray  # (q, p + 1): L^-1 Lambda' Z' [X y], internal order; [:, :p] is R_ZX, [:, p] c_u
-    RX: np.ndarray  # (p, p) upper: RX'RX = X'X - R_ZX'R_ZX
-    beta: np.ndarray  # (p,)
-    pwrss: float  # penalised weighted residual sum of squares
-    log_det_RX: float  # log |RX|^2
 
 
 class _ProfiledDeviance:
     """Cross-products of the design and the profiled (RE)ML deviance as a function of theta.
+
+    The cross-products are computed once (unit weights); every evaluation solves the penalised least
+    squares problem of :class:`~bayeslmm.engines.pwls.PenalizedLeastSquares` at one theta.
 
     Parameters
     ----------
@@ -293,116 +255,20 @@ class _ProfiledDeviance:
     """
 
     def __init__(self, design: Design):
-        X, y = design.X, design.y
-        self.n, self.p = X.shape
+        self.n, self.p = design.X.shape
         self.blocks = design.blocks
         self.fixed_terms = design.fixed_terms
         self.random: RandomEffects = design.random
-        sizes = [block.n_levels * block.n_terms for block in design.blocks]
-        # The largest block goes first: its part of L is block diagonal, and the dense Schur
-        # complement only covers the rest.
-        self.big = int(np.argmax(sizes))
-        self.others = [i for i in range(len(self.blocks)) if i != self.big]
-        big = self.blocks[self.big]
-        self.G1, self.k1 = big.n_levels, big.n_terms
-        self.q1, self.q2 = sizes[self.big], sum(sizes[i] for i in self.others)
-        XY = np.column_stack([X, y])
-        Z1 = big.sparse()
-        self.M1 = big.crossprod_per_level()
-        self.ZtXY1 = np.asarray(Z1.T @ XY).reshape(self.G1, self.k1, self.p + 1)
-        self.XtX = X.T @ X
-        self.Xty = X.T @ y
-        self.yty = float(y @ y)
-        if self.others:
-            Z2 = self.random.sparse(self.others)
-            self.C12 = sp.csr_array(Z1.T @ Z2)
-            self.M22 = (Z2.T @ Z2).toarray()
-            self.ZtXY2 = np.asarray(Z2.T @ XY)
-            self._build_lambda2_pattern()
-            self.offsets2 = np.concatenate([[0], np.cumsum([sizes[i] for i in self.others])])
+        self.pls = PenalizedLeastSquares(design.random)
+        self.cp = self.pls.crossproducts(design.X, design.y)
 
-    # -- Lambda for the non-largest blocks -----------------------------------------------------
-
-    def _build_lambda2_pattern(self) -> None:
-        """Sparsity pattern of ``Lambda_2`` and, per stored entry, its index in theta (lme4's Lind)."""
-        rows, cols, where = [], [], []
-        offset = 0
-        for block_index in self.others:
-            block = self.blocks[block_index]
-            k, G = block.n_terms, block.n_levels
-            pair_rows, pair_cols = block.lower_pairs()
-            levels = np.arange(G) * k + offset
-            for position, (i, j) in enumerate(zip(pair_rows, pair_cols)):
-                rows.append(levels + i)
-                cols.append(levels + j)
-                where.append(np.full(G, self.random.theta_offsets[block_index] + position))
-            offset += G * k
-        rows, cols, where = map(np.concatenate, (rows, cols, where))
-        # Tag each entry with its position to recover the CSR storage order.
-        tags = np.arange(1, len(rows) + 1, dtype=float)
-        tagged = sp.csr_array((tags, (rows, cols)), shape=(self.q2, self.q2))
-        order = tagged.data.astype(np.int64) - 1
-        self._lam2_indices, self._lam2_indptr = tagged.indices, tagged.indptr
-        self._lam2_theta = where[order]
-        # Diagonal when every stored entry is on the diagonal; the CSR data are then in row order.
-        self._lam2_is_diagonal = bool(np.all(rows == cols))
-
-    def _lambda2(self, theta: np.ndarray) -> sp.csr_array:
-        return sp.csr_array(
-            (theta[self._lam2_theta], self._lam2_indices, self._lam2_indptr), shape=(self.q2, self.q2)
-        )
-
-    # -- factorisation and solution ------------------------------------------------------------
-
-    def factorize(self, theta: np.ndarray) -> _Factor:
+    def factorize(self, theta: np.ndarray) -> Factor:
         """Cholesky factor of ``Lambda' Z' Z Lambda + I`` at ``theta``."""
-        T1 = self.random.relative_factor(theta, self.big)
-        A11 = T1.T @ self.M1 @ T1 + np.eye(self.k1)
-        L1 = np.linalg.cholesky(A11)
-        L1inv = np.linalg.inv(L1)
-        log_det = 2.0 * float(np.sum(np.log(np.diagonal(L1, axis1=1, axis2=2))))
-        P = L1inv @ T1.T
-        if not self.others:
-            return _Factor(T1, L1inv, P, None, None, None, log_det)
-        lam2 = self._lambda2(theta)
-        if self._lam2_is_diagonal:
-            # Only single-term blocks besides the largest: Lambda_2 is diagonal, so scale instead of
-            # two sparse-times-dense products (the difference matters when q2 is in the thousands).
-            scale = theta[self._lam2_theta]
-            A22 = self.M22 * np.outer(scale, scale)
-        else:
-            A22 = lam2.T @ np.asarray(lam2.T @ self.M22).T
-        A22[np.diag_indices_from(A22)] += 1.0
-        block_P = sp.bsr_array(
-            (P, np.arange(self.G1), np.arange(self.G1 + 1)), shape=(self.q1, self.q1)
-        )
-        W = sp.csr_array(block_P @ (self.C12 @ lam2))
-        if W.nnz > _DENSE_FILL * self.q1 * self.q2:
-            W = W.toarray()
-            S = A22 - W.T @ W
-        else:
-            S = A22 - (W.T @ W).toarray()
-        LS = linalg.cholesky(S, lower=True, check_finite=False)
-        log_det += 2.0 * float(np.sum(np.log(np.diag(LS))))
-        return _Factor(T1, L1inv, P, lam2, W, LS, log_det)
+        return self.pls.factorize(theta, self.cp)
 
-    def solve(self, theta: np.ndarray) -> _State:
+    def solve(self, theta: np.ndarray) -> Solution:
         """Solve the penalised least-squares problem at ``theta``, profiling out beta."""
-        factor = self.factorize(theta)
-        x1 = (factor.P @ self.ZtXY1).reshape(self.q1, self.p + 1)
-        parts = [x1]
-        if self.others:
-            rhs = np.asarray(factor.lam2.T @ self.ZtXY2) - np.asarray(factor.W.T @ x1)
-            parts.append(linalg.solve_triangular(factor.LS, rhs, lower=True, check_finite=False))
-        x = np.vstack(parts)
-        RZX, cu = x[:, : self.p], x[:, self.p]
-        RX = linalg.cholesky(self.XtX - RZX.T @ RZX, lower=False, check_finite=False)
-        c_beta = linalg.solve_triangular(RX, self.Xty - RZX.T @ cu, trans="T", check_finite=False)
-        beta = linalg.solve_triangular(RX, c_beta, check_finite=False)
-        # Penalised RSS ||y - X beta - Z b||^2 + ||u||^2 from the cross-products.
-        pwrss = self.yty - float(cu @ cu) - float(c_beta @ c_beta)
-        log_det_RX = 2.0 * float(np.sum(np.log(np.abs(np.diag(RX)))))
-        return _State(factor, x, RX, beta, pwrss, log_det_RX)
+        return self.pls.solve(theta, self.cp)
 
     def residual_dof(self, REML: bool) -> int:
         return self.n - self.p if REML else self.n
@@ -428,27 +294,13 @@ class _ProfiledDeviance:
             value += state.log_det_RX - self.p * np.log(2.0 * np.pi * sigma2)
         return float(value)
 
-    def unscaled_covbeta(self, state: _State) -> np.ndarray:
+    def unscaled_covbeta(self, state: Solution) -> np.ndarray:
         """``(RX' RX)^-1``, shape (p, p): ``cov(beta_hat) / sigma^2``."""
-        RXinv = linalg.solve_triangular(state.RX, np.eye(self.p), check_finite=False)
-        return RXinv @ RXinv.T
+        return self.pls.unscaled_covbeta(state)
 
-    def random_effects(self, state: _State) -> list[np.ndarray]:
-        """Conditional modes ``b = Lambda u``, one array of shape (G, k) per block in formula order."""
-        factor = state.factor
-        r = state.x[:, self.p] - state.x[:, : self.p] @ state.beta  # L' u = c_u - R_ZX beta
-        r1 = r[: self.q1]
-        out: list[np.ndarray | None] = [None] * len(self.blocks)
-        if self.others:
-            u2 = linalg.solve_triangular(factor.LS, r[self.q1 :], lower=True, trans="T", check_finite=False)
-            r1 = r1 - np.asarray(factor.W @ u2)
-            b2 = np.asarray(factor.lam2 @ u2)
-            for position, block_index in enumerate(self.others):
-                chunk = b2[self.offsets2[position] : self.offsets2[position + 1]]
-                out[block_index] = chunk.reshape(self.blocks[block_index].n_levels, -1)
-        u1 = np.einsum("gji,gj->gi", factor.L1inv, r1.reshape(self.G1, self.k1))
-        out[self.big] = u1 @ factor.T1.T
-        return out
+    def random_effects(self, theta: np.ndarray, state: Solution) -> list[np.ndarray]:
+        """Conditional modes ``b = Lambda u`` at ``theta``, one array of shape (G, k) per block in formula order."""
+        return self.pls.effects(theta, self.pls.spherical(state))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -490,9 +342,9 @@ def _optimize_theta(model: _ProfiledDeviance, REML: bool) -> tuple[np.ndarray, b
         options={"final_tr_radius": _FINAL_TRUST_RADIUS, "maxfev": max(2000, 500 * len(lower))},
     )
     n_evaluations = calls[0]
-    theta = _snap_to_bounds(result.x, diagonal)
+    theta = snap_to_bounds(result.x, diagonal)
     scaled = _scaled_gradient(objective, theta, diagonal)
-    converged = bool(result.success and scaled < _GRADIENT_TOLERANCE)
+    converged = bool(result.success and scaled < GRADIENT_TOLERANCE)
     if not converged:
         warnings.warn(
             f"optimizer did not converge: scaled gradient {scaled:.3g} ({result.message}); "
@@ -523,17 +375,7 @@ def _scaled_gradient(f, theta: np.ndarray, diagonal: np.ndarray) -> float:
         return f(full)
 
     hess = hessian(restricted, theta[free], levels=1)
-    try:
-        return float(np.max(np.abs(linalg.solve_triangular(np.linalg.cholesky(hess), g, lower=True))))
-    except np.linalg.LinAlgError:
-        return float(np.max(np.abs(g)))
-
-
-def _snap_to_bounds(theta: np.ndarray, diagonal: np.ndarray) -> np.ndarray:
-    """Clip diagonal elements into [0, inf) and set those within 1e-10 of the bound to 0."""
-    theta = np.array(theta, dtype=float)
-    theta[diagonal] = np.where(theta[diagonal] < 1e-10, 0.0, theta[diagonal])
-    return theta
+    return scaled_gradient(g, hess)
 
 
 def _varpar_derivatives(

@@ -80,7 +80,8 @@ def _add_fit(commands) -> None:
             "Examples:\n"
             '  bayeslmm fit "Reaction ~ Days + (Days | Subject)" sleepstudy.csv\n'
             '  bayeslmm fit "Reaction ~ Days + (1 | Subject)" data.parquet --seed 1 --save m1.zarr\n'
-            '  bayeslmm fit "Reaction ~ Days + (Days | Subject)" sleepstudy   # a shipped data set'
+            '  bayeslmm fit "Reaction ~ Days + (Days | Subject)" sleepstudy   # a shipped data set\n'
+            '  bayeslmm fit "cbind(incidence, size - incidence) ~ period + (1 | herd)" cbpp --family binomial'
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -90,7 +91,23 @@ def _add_fit(commands) -> None:
         help="a .csv, .tsv or .parquet file, or the name of a shipped data set (sleepstudy, dyestuff, "
         "penicillin, cbpp, insteval, verbagg)",
     )
-    fit.add_argument("--family", default="gaussian", help="response family (default: gaussian)")
+    fit.add_argument(
+        "--family",
+        default="gaussian",
+        help="response family: gaussian (default), binomial, poisson or negbinomial",
+    )
+    fit.add_argument(
+        "--link", default=None, help="link function if not the family's default: probit or cloglog for binomial"
+    )
+    fit.add_argument(
+        "--weights",
+        metavar="COLUMN",
+        default=None,
+        help="column of binomial trials for a proportion response (glmer's weights=)",
+    )
+    fit.add_argument(
+        "--offset", metavar="COLUMN", default=None, help="column added to the linear predictor (glmer's offset=)"
+    )
     fit.add_argument("--draws", type=_positive_int, default=1000, help="kept draws per chain (default: 1000)")
     fit.add_argument("--tune", type=_non_negative_int, default=1000, help="tuning steps per chain (default: 1000)")
     fit.add_argument("--chains", type=_positive_int, default=4, help="number of chains (default: 4)")
@@ -235,7 +252,7 @@ def _run_fit(args: argparse.Namespace) -> int:
     if args.save is not None:
         check_save_path(args.save)  # fail before sampling, not after
     data = read_data(args.data)
-    model = Lmer(args.formula, data, family=args.family)
+    model = Lmer(args.formula, data, family=args.family, link=args.link, weights=args.weights, offset=args.offset)
     model.fit(
         draws=args.draws, tune=args.tune, chains=args.chains, random_seed=args.seed, progressbar=args.progressbar
     )

@@ -34,19 +34,16 @@ class Model(FittedModel):
 
     @cached_property
     def data(self) -> pd.DataFrame:
-        """A copy of the rows used, with ``fits`` and ``residuals``.
+        """A copy of the rows used, with ``fits``, ``residuals`` and ``pearson_residuals``.
 
         ``fits`` is the posterior mean of the expected response (a probability for binomial models, a
         mean count for counts), ``residuals`` the observed response (a proportion for binomial models)
-        minus ``fits``.
+        minus ``fits``, and ``pearson_residuals`` the posterior mean of ``(y - E y) / sd(y)`` (brms's
+        ``residuals(type = "pearson")``; the residuals divided by ``sigma`` for gaussian models).
         """
         self._require_fit("data")
-        frame = self.design.data.copy()
-        fits = self.fits
-        fits_name, residuals_name = _free_names(frame, ("fits", "residuals"))
-        frame[fits_name] = fits
-        frame[residuals_name] = self._observed_response() - fits
-        return frame
+        pearson = posterior_eval.posterior_mean_pearson(self.design, self.posterior, self.family)
+        return summaries.fitted_data(self.design, self.fits, pearson)
 
     @property
     def fits(self) -> np.ndarray:
@@ -58,11 +55,7 @@ class Model(FittedModel):
     def residuals(self) -> np.ndarray:
         """The observed response (a proportion for binomial models) minus :attr:`fits`, shape (n,) (pymer4's ``residuals``)."""
         self._require_fit("residuals")
-        return self._observed_response() - self.fits
-
-    def _observed_response(self) -> np.ndarray:
-        design = self.design
-        return design.y if design.trials is None else design.y / design.trials
+        return summaries.observed_response(self.design) - self.fits
 
     def predict(
         self,
@@ -225,22 +218,3 @@ class Model(FittedModel):
         from bayeslmm import plots
 
         return plots.plot_prior_posterior(self, params, **options)
-
-
-def _free_names(frame: pd.DataFrame, names: tuple[str, ...]) -> list[str]:
-    """``names`` for new columns of ``frame``; a name the user's data already has gets a ``_model`` suffix
-    (with a warning), so that the user's own column is never overwritten."""
-    import warnings
-
-    out = []
-    for name in names:
-        if name in frame.columns:
-            free = f"{name}_model"
-            while free in frame.columns:
-                free += "_"
-            warnings.warn(
-                f"the data has its own column {name!r}; the model's {name} are in {free!r}", UserWarning, stacklevel=4
-            )
-            name = free
-        out.append(name)
-    return out

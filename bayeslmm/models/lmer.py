@@ -70,7 +70,7 @@ class Lmer(Model):
     >>> model.coefs  # doctest: +SKIP
     """
 
-    _cached: ClassVar[tuple[str, ...]] = ("coefs", "fixef", "ranef", "ranef_var", "ranef_corr", "data")
+    _cached: ClassVar[tuple[str, ...]] = ("coefs", "fixef", "ranef", "ranef_var", "ranef_corr", "family_params", "data")
 
     def __init__(
         self,
@@ -232,44 +232,66 @@ class Lmer(Model):
         return [name for name in self._kept_variables() if not name.startswith("ranef_")]
 
     # ----------------------------------------------------------------------------------- frequentist
-    def fit_frequentist(self, REML: bool = True) -> FrequentistResult:
-        """Fit the same model by REML (default) or ML, as lme4 does (computed once per criterion).
+    def fit_frequentist(self, REML: bool | None = None, nAGQ: int = 1) -> FrequentistResult:
+        """Fit the same model as lme4 does, computed once per criterion.
+
+        Gaussian models: REML (default) or ML, as ``lmer``, with Satterthwaite df. Binomial, Poisson and
+        negative binomial models: maximum likelihood with the Laplace approximation, as ``glmer`` (the
+        negative binomial as glmmTMB's ``nbinom2``), or adaptive Gauss-Hermite quadrature.
+
+        Parameters
+        ----------
+        REML : bool, optional
+            None (default): REML for gaussian models, maximum likelihood otherwise. ``True`` with
+            another family is an error (GLMMs have no REML criterion).
+        nAGQ : int, default 1
+            GLMMs: quadrature nodes per group; 1 is the Laplace approximation, more needs a single
+            scalar random effect ``(1 | g)`` (as lme4).
 
         Returns
         -------
         FrequentistResult
-            With ``coefs`` (Estimate, SE, 2.5_ci, 97.5_ci, DF, T-stat, P-val; Satterthwaite DF),
-            ``ranef_var``, ``ranef_corr``, ``ranef`` (BLUPs), ``fixef``, ``logLike``, ``AIC``, ``BIC``.
+            With ``coefs`` (Estimate, SE, 2.5_ci, 97.5_ci, DF, T-stat, P-val for gaussian models; Wald
+            Z-stat and P-val otherwise), ``ranef_var``, ``ranef_corr``, ``ranef`` (conditional modes),
+            ``fixef``, ``logLike``, ``AIC``, ``BIC``, ``data``.
+
+        Raises
+        ------
+        UnsupportedSyntaxError
+            ``REML=True`` for a GLMM, ``nAGQ`` other than 1 for a gaussian model, or ``nAGQ > 1`` with
+            random effects other than a single ``(1 | g)``.
         """
+        REML = self.family.name == "gaussian" if REML is None else bool(REML)
         result = self.resource(
-            f"frequentist REML={bool(REML)}", lambda: fit_frequentist(self.design, REML=bool(REML), family=self.family)
+            f"frequentist REML={REML} nAGQ={nAGQ}",
+            lambda: fit_frequentist(self.design, REML=REML, family=self.family, nAGQ=nAGQ),
         )
         self._last_frequentist = result
         return result
 
     @property
     def frequentist(self) -> FrequentistResult | None:
-        """The (RE)ML fit last asked for with :meth:`fit_frequentist`, or None."""
+        """The frequentist fit last asked for with :meth:`fit_frequentist`, or None."""
         return getattr(self, "_last_frequentist", None)
 
-    def compare_group_estimates(self, factor: str | None = None, prob: float = 0.95, REML: bool = True) -> pd.DataFrame:
+    def compare_group_estimates(self, factor: str | None = None, prob: float = 0.95, REML: bool | None = None) -> pd.DataFrame:
         """Per-group coefficients under no, partial (frequentist and Bayesian) and complete pooling.
 
         One tidy row per (level, term); see :func:`bayeslmm.analysis.pooling.compare_group_estimates`.
         """
         return pooling.compare_group_estimates(self, factor=factor, prob=prob, REML=REML)
 
-    def compare_fixed_effects(self, prob: float = 0.95, REML: bool = True) -> pd.DataFrame:
-        """Fixed effects of the (RE)ML fit next to their posterior summaries; see :mod:`bayeslmm.analysis.pooling`."""
+    def compare_fixed_effects(self, prob: float = 0.95, REML: bool | None = None) -> pd.DataFrame:
+        """Fixed effects of the frequentist fit next to their posterior summaries; see :mod:`bayeslmm.analysis.pooling`."""
         return pooling.compare_fixed_effects(self, prob=prob, REML=REML)
 
     def compare_variance_components(
-        self, prob: float = 0.95, REML: bool = True, n_boot: int = 0, random_seed: int | None = None, *,
+        self, prob: float = 0.95, REML: bool | None = None, n_boot: int = 0, random_seed: int | None = None, *,
         client: Any = None, workers: int | None = None,
     ) -> pd.DataFrame:
-        """Random-effect SDs and correlations: (RE)ML estimate next to the posterior median and interval.
+        """Random-effect SDs and correlations: frequentist estimate next to the posterior median and interval.
 
-        ``n_boot > 0`` adds a parametric-bootstrap interval for the (RE)ML estimates, its refits run where
+        ``n_boot > 0`` adds a parametric-bootstrap interval for the frequentist estimates, its refits run where
         ``client=``/``workers=`` say; see :func:`bayeslmm.analysis.pooling.compare_variance_components`.
         """
         return pooling.compare_variance_components(
@@ -344,6 +366,14 @@ class Lmer(Model):
         self._require_fit("ranef_corr")
         return summaries.ranef_corr_table(self.design, self.posterior)
 
+    @cached_property
+    def family_params(self) -> pd.DataFrame | None:
+        """The family's parameters besides the mean (the negative binomial's ``dispersion``): posterior
+        median (``Estimate``) and 95% interval; None for families without any (gaussian ``sigma`` is the
+        ``Residual`` row of :attr:`ranef_var`)."""
+        self._require_fit("family_params")
+        return summaries.family_params_table(self.posterior, self.family)
+
     # ----------------------------------------------------------------------------------- plots
     def plot_group_fits(self, x: str | None = None, group: str | None = None, **options: Any):
         """One facet per group: data, posterior mean and credible bands; see :func:`bayeslmm.plots.plot_group_fits`."""
@@ -387,15 +417,17 @@ class Lmer(Model):
     def _header(self) -> list[str]:
         design = self.design
         groups = ", ".join(f"{factor}, {count}" for factor, count in self.grps.items())
+        kind = "linear" if self.family.name == "gaussian" else "generalized linear"
         title = (
-            f"Bayesian linear mixed model (bayeslmm) fit by {self.sampler}"
+            f"Bayesian {kind} mixed model (bayeslmm) fit by {self.sampler}"
             if self.fitted
-            else "Bayesian linear mixed model (bayeslmm), not fitted yet: call .fit()"
+            else f"Bayesian {kind} mixed model (bayeslmm), not fitted yet: call .fit()"
         )
         return [
             title,
             f"Formula: {self.formula}",
             f"Family: {self.family.name} ({self.family.link.name} link)",
+            *([f"Response: {design.response_note}"] if design.response_note else []),
             f"Number of obs: {design.n_obs}; groups: {groups}"
             + (f"; {design.n_dropped} rows dropped for missing values" if design.n_dropped else ""),
         ]
@@ -407,9 +439,12 @@ class Lmer(Model):
         tables = [("Random effects (posterior median of Var and Std, 95% interval of Std):", self.ranef_var)]
         if self.ranef_corr is not None:
             tables.append(("Correlations of random effects (posterior median, 95% interval):", self.ranef_corr))
+        if self.family_params is not None:
+            tables.append(("Family parameters (posterior median, 95% interval):", self.family_params))
+        coefficient_scale = "" if self.family.name == "gaussian" else f", {self.family.link.name} scale"
         tables.append(
             (
-                "Fixed effects (posterior mean, 95% equal-tailed interval, posterior SD, probability of direction):",
+                f"Fixed effects (posterior mean, 95% equal-tailed interval, posterior SD, probability of direction{coefficient_scale}):",
                 display_table(self.coefs.drop(columns=["ESS_tail"])),
             )
         )

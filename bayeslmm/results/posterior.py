@@ -10,13 +10,14 @@ import numpy as np
 import xarray as xr
 
 from bayeslmm.engines.posterior_names import var_names
-from bayeslmm.results.summaries import stack_draws
+from bayeslmm.results.summaries import pearson_residuals, stack_draws
 from bayeslmm.spec.design import Design
 
 __all__ = [
     "linear_predictor",
     "posterior_mean_fit",
     "posterior_mean_response",
+    "posterior_mean_pearson",
     "pointwise_log_likelihood",
     "posterior_predictive",
     "aux_draws",
@@ -75,6 +76,21 @@ def posterior_mean_response(design: Design, posterior: xr.Dataset, family, chunk
     for start in range(0, total, chunk):
         part = slice(start, min(start + chunk, total))
         mean += family.inverse_link(linear_predictor(design, posterior, part)).sum(axis=0)
+    return mean / total
+
+
+def posterior_mean_pearson(design: Design, posterior: xr.Dataset, family, chunk: int = _CHUNK) -> np.ndarray:
+    """Posterior mean of the Pearson residuals ``(y - E y) / sd(y)``, shape (n,), as brms's ``residuals(type = "pearson")``.
+
+    Every draw's residuals use its own means and family parameters; their mean over draws is returned.
+    """
+    total = posterior.sizes["chain"] * posterior.sizes["draw"]
+    aux = aux_draws(posterior, family)
+    mean = np.zeros(design.n_obs)
+    for start in range(0, total, chunk):
+        part = slice(start, min(start + chunk, total))
+        mu = family.inverse_link(linear_predictor(design, posterior, part))
+        mean += pearson_residuals(design, family, mu, {k: v[part] for k, v in aux.items()}).sum(axis=0)
     return mean / total
 
 

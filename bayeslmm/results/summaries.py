@@ -25,11 +25,15 @@ __all__ = [
     "wide_by_factor",
     "ranef_var_table",
     "ranef_corr_table",
+    "family_params_table",
     "stack_draws",
     "coef_columns",
     "boundary_notes",
     "group_tables",
     "by_factor",
+    "observed_response",
+    "pearson_residuals",
+    "fitted_data",
 ]
 
 
@@ -240,6 +244,19 @@ def ranef_corr_table(design: Design, posterior: xr.Dataset, prob: float = 0.95) 
     )
 
 
+def family_params_table(posterior: xr.Dataset, family, prob: float = 0.95) -> pd.DataFrame | None:
+    """The family's parameters other than ``sigma`` (the negative binomial's ``dispersion``), or None.
+
+    Posterior median (``Estimate``) and equal-tailed interval, one row per parameter; ``sigma`` is the
+    ``Residual`` row of :func:`ranef_var_table`.
+    """
+    names = [name for name in family.aux if name != "sigma"]
+    if not names:
+        return None
+    draws = np.stack([stack_draws(posterior, name) for name in names], axis=-1)
+    return _median_table(draws, pd.Index(names, name="parameter"), prob, value="Estimate")
+
+
 def _median_table(draws: np.ndarray, index: pd.Index, prob: float, value: str, **labels) -> pd.DataFrame:
     flat = draws.reshape(draws.shape[0] * draws.shape[1], draws.shape[-1])
     low, high = interval_columns(prob)
@@ -296,3 +313,52 @@ def boundary_notes(design: Design, posterior: xr.Dataset) -> list[str]:
                             "or dropping the slope"
                         )
     return notes
+
+
+# ----------------------------------------------------------------------------------------- fits
+def observed_response(design: Design) -> np.ndarray:
+    """The response on the scale of the fitted means, shape (n,): the proportion of successes for binomial."""
+    return design.y if design.trials is None else design.y / design.trials
+
+
+def pearson_residuals(design: Design, family, mu: np.ndarray, aux: dict) -> np.ndarray:
+    """``(y - E y) / sd(y)`` at means ``mu``, shape ``mu.shape`` ((n,) or (draws, n)).
+
+    ``mu`` is on the family's scale (a probability for binomial: ``E y`` is trials x ``mu``); ``aux``
+    holds the family's parameters (floats, or per-draw arrays of shape (draws,)).
+    """
+    trials = 1.0 if design.trials is None else design.trials
+    return (design.y - trials * mu) / np.sqrt(family.variance(mu, aux, design.trials))
+
+
+def fitted_data(design: Design, fits: np.ndarray, pearson: np.ndarray) -> pd.DataFrame:
+    """A copy of the rows used with ``fits``, ``residuals`` and ``pearson_residuals`` (pymer4's ``data``).
+
+    ``fits`` are expected responses (probabilities for binomial models, mean counts for counts);
+    ``residuals`` the observed response (a proportion for binomial models) minus ``fits``. A column of
+    the user's data with one of these names is kept; the model's gets a ``_model`` suffix, with a warning.
+    """
+    frame = design.data.copy()
+    names = _free_names(frame, ("fits", "residuals", "pearson_residuals"))
+    for name, values in zip(names, (fits, observed_response(design) - fits, pearson)):
+        frame[name] = values
+    return frame
+
+
+def _free_names(frame: pd.DataFrame, names: tuple[str, ...]) -> list[str]:
+    """``names`` for new columns of ``frame``; a name the user's data already has gets a ``_model`` suffix
+    (with a warning), so that the user's own column is never overwritten."""
+    import warnings
+
+    out = []
+    for name in names:
+        if name in frame.columns:
+            free = f"{name}_model"
+            while free in frame.columns:
+                free += "_"
+            warnings.warn(
+                f"the data has its own column {name!r}; the model's {name} are in {free!r}", UserWarning, stacklevel=4
+            )
+            name = free
+        out.append(name)
+    return out

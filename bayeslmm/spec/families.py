@@ -25,6 +25,7 @@ import pandas as pd
 
 from bayeslmm.errors import DataError, UnsupportedSyntaxError
 from bayeslmm.spec.distributions import Prior
+from bayeslmm.spec.formula import is_cbind
 
 __all__ = ["Link", "Family", "Gaussian", "get_family", "FAMILIES"]
 
@@ -196,7 +197,11 @@ class Family:
         raise NotImplementedError
 
     def variance(self, mu: np.ndarray, aux: dict[str, float], trials: np.ndarray | None = None) -> np.ndarray:
-        """Variance of the response at mean ``mu`` (for Pearson residuals)."""
+        """Variance of the response at mean ``mu`` (for Pearson residuals and GLM weights), shape ``mu.shape``.
+
+        ``mu`` is (n,) or (draws, n); ``aux`` values are floats or per-draw arrays (draws,). For binomial
+        models ``mu`` is the probability and the variance that of the number of successes.
+        """
         raise NotImplementedError
 
     def inverse_link(self, eta: np.ndarray) -> np.ndarray:
@@ -269,7 +274,7 @@ class Gaussian(Family):
         return rng.normal(mu, per_draw(aux["sigma"], mu))
 
     def variance(self, mu, aux, trials=None) -> np.ndarray:
-        return np.full(np.shape(mu), float(aux["sigma"]) ** 2)
+        return np.broadcast_to(per_draw(aux["sigma"], mu) ** 2, np.shape(mu))
 
     def pymc_likelihood(self, eta, aux: dict, y: np.ndarray | None = None, trials=None, dims: str | None = "obs"):
         import pymc as pm
@@ -285,8 +290,9 @@ class Binomial(Family):
 
     The response may be 0/1 numbers, booleans, a column with two levels (the second level, in sorted or
     categorical order, is the success, as in R), ``cbind(successes, failures)`` in the formula, or a
-    proportion with the trials given as ``weights=`` (as glmer). ``log_likelihood`` is the full binomial
-    density, log binomial coefficient included, as lme4's ``logLik``.
+    proportion with the trials given as ``weights=`` (as glmer: the response is then always a proportion
+    in [0, 1], and successes = proportion x trials). ``log_likelihood`` is the full binomial density, log
+    binomial coefficient included, as lme4's ``logLik``.
     """
 
     name: str = "binomial"
@@ -316,11 +322,18 @@ class Binomial(Family):
             trials = np.ones_like(y)
         else:
             trials = np.asarray(trials, dtype=float)
-            if np.all((y >= 0) & (y <= 1)) and np.any((y > 0) & (y < 1)):
-                y = y * trials  # a proportion with weights=: successes = proportion x trials
-                note = "proportion x weights = successes"
-            _counts(y, frame, name, "successes")
-            _counts(trials, frame, name, "trials")
+            _counts(trials, frame, name, "trials (weights=)" if not is_cbind(name) else "trials")
+            if not is_cbind(name):  # a proportion with weights=, as glmer: successes = proportion x trials
+                bad = np.flatnonzero((y < 0) | (y > 1))
+                if bad.size:
+                    raise DataError(
+                        f"with weights= (the trials), binomial response {name!r} is the proportion of "
+                        f"successes and must lie in [0, 1]; rows {_rows(frame, bad)} hold {_values(y[bad])}. "
+                        "For counts of successes write cbind(successes, failures) ~ ... instead"
+                    )
+                y = y * trials
+                note = f"{name} is the proportion of successes out of weights= trials"
+            _counts(y, frame, name, "successes" if is_cbind(name) else "successes (proportion x weights=)")
             bad = np.flatnonzero(y > trials + 1e-9)
             if bad.size:
                 raise DataError(f"binomial response {name!r}: more successes than trials in rows {_rows(frame, bad)}")
@@ -342,8 +355,10 @@ class Binomial(Family):
         from scipy.special import gammaln, xlog1py, xlogy
 
         n = np.ones_like(y) if trials is None else trials
-        log_choose = gammaln(n + 1) - gammaln(y + 1) - gammaln(n - y + 1)
-        return log_choose + xlogy(y, mu) + xlog1py(n - y, -mu)
+        kernel = xlogy(y, mu) + xlog1py(n - y, -mu)
+        if np.all(n == 1):  # 0/1 data: every binomial coefficient is 1 (saves most of the time)
+            return kernel
+        return gammaln(n + 1) - gammaln(y + 1) - gammaln(n - y + 1) + kernel
 
     def random(self, mu, aux, rng, trials=None):
         n = np.ones(np.shape(mu)[-1]) if trials is None else trials
@@ -429,7 +444,7 @@ class NegativeBinomial(Poisson):
         return rng.poisson(rng.gamma(size, mu / size)).astype(float)
 
     def variance(self, mu, aux, trials=None):
-        return mu + mu**2 / float(aux["dispersion"])
+        return mu + mu**2 / per_draw(aux["dispersion"], mu)
 
     def pymc_likelihood(self, eta, aux, y=None, trials=None, dims="obs"):
         import pymc as pm

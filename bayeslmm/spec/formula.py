@@ -125,7 +125,7 @@ def parse_formula(formula: str) -> ParsedFormula:
             f"formula {formula!r} has nothing on the right of '~'; "
             "write at least '1' for an intercept-only model"
         )
-    binomial = _cbind(response) if response.replace(" ", "").startswith("cbind(") else None
+    binomial = _cbind(response) if is_cbind(response) else None
     if re.search(r"(^|[\s+])\.($|[\s+])", rhs):
         raise UnsupportedSyntaxError(
             "'.' (all other columns) is not supported; name the predictors explicitly"
@@ -162,6 +162,11 @@ def parse_formula(formula: str) -> ParsedFormula:
     return ParsedFormula(
         text=text, response=response, fixed=fixed, random=tuple(random_terms), offsets=tuple(offsets), binomial=binomial
     )
+
+
+def is_cbind(response: str) -> bool:
+    """Whether a response is lme4's ``cbind(successes, failures)``."""
+    return response.replace(" ", "").startswith("cbind(")
 
 
 def _cbind(response: str) -> tuple[str, str]:

@@ -46,9 +46,14 @@ class TrueParameters:
     aux: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_reml(cls, design: Design, beta: np.ndarray, theta: np.ndarray, sigma: float) -> "TrueParameters":
-        """From an lme4-style fit: ``Sigma_b = sigma^2 T_b T_b'`` of the relative factors ``theta``."""
-        return cls(np.asarray(beta, dtype=float), tuple(design.random.covariances(theta, sigma)), {"sigma": float(sigma)})
+    def from_reml(
+        cls, design: Design, beta: np.ndarray, theta: np.ndarray, sigma: float | None, aux: dict | None = None
+    ) -> "TrueParameters":
+        """From an lme4-style fit: ``Sigma_b = sigma^2 T_b T_b'`` of the relative factors ``theta`` (``sigma``
+        None for a GLMM: ``T_b T_b'``); ``aux`` the family's parameters (default ``{"sigma": sigma}``)."""
+        covariances = tuple(design.random.covariances(theta, 1.0 if sigma is None else sigma))
+        aux = {"sigma": float(sigma)} if aux is None else {name: float(value) for name, value in aux.items()}
+        return cls(np.asarray(beta, dtype=float), covariances, aux)
 
     def with_fixed(self, position: int, value: float) -> "TrueParameters":
         """The same parameters with fixed effect ``position`` set to ``value``."""
@@ -58,13 +63,17 @@ class TrueParameters:
 
 
 def simulate_response(
-    design: Design, parameters: TrueParameters, rng: np.random.Generator, family: Family | None = None
+    design: Design,
+    parameters: TrueParameters,
+    rng: np.random.Generator,
+    family: Family | None = None,
+    effects: list[np.ndarray] | None = None,
 ) -> np.ndarray:
     """A response simulated from ``parameters`` on the rows of ``design``, shape (n,).
 
     The group effects are drawn first (block by block, ``standard_normal((G, k)) @ L'`` with
-    ``L L' = Sigma_b``), then the response given them, so the same generator state gives the same data
-    whatever the design's size.
+    ``L L' = Sigma_b``), unless given, then the response given them (lme4's ``simulate`` with
+    ``use.u = FALSE``, or ``TRUE`` with the conditional modes as ``effects``).
 
     Parameters
     ----------
@@ -74,6 +83,8 @@ def simulate_response(
     rng : numpy.random.Generator
     family : Family, optional
         Default gaussian.
+    effects : list of ndarray, optional
+        Group effects (G, k) per block to use instead of drawing new ones.
 
     Returns
     -------
@@ -91,12 +102,14 @@ def simulate_response(
         raise ValueError(f"beta has {beta.size} values for {design.X.shape[1]} fixed effects {list(design.fixed_terms)}")
     if len(parameters.covariances) != len(design.blocks):
         raise ValueError(f"{len(parameters.covariances)} covariance matrices for {len(design.blocks)} random-effects blocks")
-    effects = []
-    for block, covariance in zip(design.blocks, parameters.covariances):
-        root = covariance_root(covariance, block.n_terms, block.name)
-        effects.append(rng.standard_normal((block.n_levels, block.n_terms)) @ root.T)
+    if effects is None:
+        effects = []
+        for block, covariance in zip(design.blocks, parameters.covariances):
+            root = covariance_root(covariance, block.n_terms, block.name)
+            effects.append(rng.standard_normal((block.n_levels, block.n_terms)) @ root.T)
     mu = family.inverse_link(design.linear_predictor(beta, effects))
-    return np.asarray(family.random(mu, parameters.aux, rng, design.trials), dtype=float)
+    aux = {name: np.array([value]) for name, value in parameters.aux.items()}  # one "draw" of each
+    return np.asarray(family.random(mu[None, :], aux, rng, design.trials)[0], dtype=float)
 
 
 def covariance_root(covariance: Any, k: int, name: str) -> np.ndarray:

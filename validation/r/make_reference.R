@@ -263,6 +263,12 @@ f <- cbind(incidence, size - incidence) ~ period + (1 | herd)
 G$cbpp_logit <- glmer_info(capture(glmer(f, family = binomial, data = cbpp)), ftext(f))
 G$cbpp_logit_agq25 <- glmer_info(capture(glmer(f, family = binomial, data = cbpp, nAGQ = 25)),
                                  ftext(f))
+## likelihood-ratio test of period, as anova(m0, m1) on two Laplace fits
+null_fit <- glmer(cbind(incidence, size - incidence) ~ 1 + (1 | herd), family = binomial, data = cbpp)
+lrt_table <- anova(null_fit, glmer(f, family = binomial, data = cbpp))
+G$cbpp_lrt <- list(formula_null = "cbind(incidence, size - incidence) ~ 1 + (1 | herd)",
+                   logLik_null = as.numeric(logLik(null_fit)), Chisq = lrt_table$Chisq[2],
+                   Df = lrt_table$Df[2], p = lrt_table[["Pr(>Chisq)"]][2])
 G$cbpp_probit <- glmer_info(capture(glmer(f, family = binomial(link = "probit"), data = cbpp)),
                             ftext(f))
 G$cbpp_cloglog <- glmer_info(capture(glmer(f, family = binomial(link = "cloglog"), data = cbpp)),
@@ -320,6 +326,14 @@ chk <- glmer(y01 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item),
              family = binomial, data = verb)
 G$verbagg$success_level <- levels(verb$r2)[2]
 G$verbagg$success_check_fixef_maxabsdiff <- max(abs(fixef(chk) - unlist(G$verbagg$fixef)))
+## lme4's SEs come from deriv12() with steps of 1e-4, where the deviance's rounding noise shows
+## (about 4e-4 relative on the intercept's SE); the same Hessian with steps of 1e-3 is stable
+vfit <- glmer(fv, family = binomial, data = verb)
+vdev <- glmer(fv, family = binomial, data = verb, devFunOnly = TRUE)   # stage-2 deviance, lme4's lp0
+vpar <- c(getME(vfit, "theta"), fixef(vfit))
+vhess <- lme4:::deriv12(vdev, vpar, delta = 1e-3)$Hessian
+G$verbagg$SE_hessian_step_1e3 <- named(setNames(sqrt(diag(2 * solve(vhess)))[-seq_along(getME(vfit, "theta"))],
+                                                names(fixef(vfit))))
 
 fva <- r2 ~ Anger + Gender + btype + situ + (1 | id)
 G$verbagg_agq <- glmer_info(capture(glmer(fva, family = binomial, data = verb, nAGQ = 8)),
