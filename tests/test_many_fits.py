@@ -330,7 +330,7 @@ def test_fit_many_equals_separate_fits_with_the_recorded_seeds(sleep):
     assert many.fits["n_obs"].tolist() == [180, 178] and not many.failures
     for response in ("noisy", "with gap"):
         name = response if response.isidentifier() else f"`{response}`"
-        alone = Lmer(f"{name} ~ Days + (1 | Subject)", frame)
+        alone = _quiet(Lmer, f"{name} ~ Days + (1 | Subject)", frame)
         _quiet(alone.fit, random_seed=int(many.fits.loc[response, "seed"]), progressbar=False, **SMALL)
         table = many.coefs.query("response == @response").set_index("term").drop(columns="response")
         pd.testing.assert_frame_equal(table, alone.coefs, check_names=False)
