@@ -7,11 +7,13 @@ contract in the tests):
 layer                           what it holds
 ==============================  ===============================================================
 :mod:`bayeslmm.io`              saving and loading results, the command line
-:mod:`bayeslmm.models`          the user-facing models: :class:`Lmer`, :class:`Lm`, :class:`Lm2`
-:mod:`bayeslmm.analysis`        model comparison (LOO, ``lrt``), pooling tables
+:mod:`bayeslmm.models`          the user-facing models: :class:`Lmer`, :class:`Lm`, :class:`Lm2`;
+                                :func:`fit_many` (one model per response column)
+:mod:`bayeslmm.analysis`        model comparison (LOO, ``lrt``), pooling tables, :func:`power`
 :mod:`bayeslmm.plots`           the uncertainty pictures
 :mod:`bayeslmm.results`         the fitted-model base, posterior summaries, reports
-:mod:`bayeslmm.engines`         samplers and estimators: collapsed, PyMC, REML
+:mod:`bayeslmm.engines`         samplers and estimators: collapsed, PyMC, REML; the executor of
+                                repeated fits (local processes or Dask)
 :mod:`bayeslmm.spec`            formula, design and random effects, families, priors
 :mod:`bayeslmm.errors`,         exceptions; the shipped data sets
 :mod:`bayeslmm.datasets`
@@ -49,10 +51,12 @@ _LAZY = {
     "Lmer": "bayeslmm.models.lmer",
     "Lm": "bayeslmm.models.lm",
     "Lm2": "bayeslmm.models.lm2",
+    "fit_many": "bayeslmm.models.many",
     "Prior": "bayeslmm.spec.priors",
     "load": "bayeslmm.io.storage",
     "lrt": "bayeslmm.analysis.comparison",
     "compare": "bayeslmm.analysis.comparison",
+    "power": "bayeslmm.analysis.power",
     "load_dataset": "bayeslmm.datasets",
     "list_datasets": "bayeslmm.datasets",
     "simulate_simpson": "bayeslmm.datasets",
@@ -79,10 +83,12 @@ __all__ = [
     "Lmer",
     "Lm",
     "Lm2",
+    "fit_many",
     "Prior",
     "load",
     "lrt",
     "compare",
+    "power",
     "load_dataset",
     "list_datasets",
     "simulate_simpson",

@@ -21,7 +21,7 @@ pytest.importorskip("myst_parser")
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 PAGES = ["index", "getting-started", "pymer4", "syntax", "glmm", "priors", "interpreting", "model", "pooling",
-         "comparison", "plots", "cli", "api"]
+         "comparison", "many-fits", "plots", "cli", "api"]
 
 
 @pytest.fixture(scope="module")

@@ -1,2 +1,3 @@
-"""Analyses of fitted models: comparison by cross-validation (:mod:`~bayeslmm.analysis.comparison`) and the
-pooling tables (:mod:`~bayeslmm.analysis.pooling`)."""
+"""Analyses of fitted models: comparison by cross-validation (:mod:`~bayeslmm.analysis.comparison`), the
+pooling tables (:mod:`~bayeslmm.analysis.pooling`), power analysis by simulation
+(:mod:`~bayeslmm.analysis.power`) and simulation-based calibration (:mod:`~bayeslmm.analysis.calibration`)."""

@@ -46,10 +46,10 @@ from arviz_stats.utils import ELPDData
 from scipy.special import logsumexp
 
 from bayeslmm.engines import collapsed
+from bayeslmm.engines.executor import check_executor_arguments, run_tasks, task_threads
 from bayeslmm.engines.posterior_names import var_names
-from bayeslmm.engines.progress import Progress
-from bayeslmm.engines.sampling import resolve_progressbar
 from bayeslmm.errors import (
+    BayeslmmError,
     ConvergenceWarning,
     DataError,
     NotFittedError,
@@ -59,6 +59,7 @@ from bayeslmm.results import posterior as posterior_eval
 from bayeslmm.results import summaries
 from bayeslmm.results.report import SummaryParts, layout_html, layout_text, p_value_format
 from bayeslmm.spec.design import Design
+from bayeslmm.spec.specification import ModelSpec
 
 if TYPE_CHECKING:
     from bayeslmm.results.fitted import FittedModel as Lmer
@@ -185,8 +186,9 @@ def loo(
     random_seed : int, optional
         Seed of the refits (default: the fit's seed).
     **sampler_options
-        For refits: ``draws``, ``tune``, ``chains`` (default: the fit's) and ``nutpie.sample``
-        options such as ``target_accept``.
+        For refits: ``draws``, ``tune``, ``chains`` (default: the fit's), ``nutpie.sample``
+        options such as ``target_accept``, and where they run: ``client=``, ``workers=`` (see
+        :func:`bayeslmm.engines.executor.run_tasks`; every local core by default).
 
     Returns
     -------
@@ -322,8 +324,11 @@ class _Refitter:
     """Refits of one model with observations held out, compiling nothing per refit.
 
     Models the collapsed sampler handles are refitted by it on the kept rows (every group level kept,
-    the full fit's priors); other models are compiled once as a PyMC model with per-observation
-    log-likelihood weights, and each refit swaps the weights (0 for held-out rows).
+    the full fit's priors), wherever :func:`~bayeslmm.engines.executor.run_tasks` runs them: the task
+    carries the model's specification (:class:`~bayeslmm.spec.specification.ModelSpec`), not the model.
+    Other models are compiled once as a PyMC model with per-observation log-likelihood weights, and
+    each refit swaps the weights (0 for held-out rows); that compiled model stays in this process, so
+    their refits run here, one after the other.
     """
 
     def __init__(self, model: "Lmer") -> None:
@@ -331,7 +336,10 @@ class _Refitter:
         self.model = model
         self.collapsed = collapsed.supports(model.design, model.model_priors, model.family)
         self.compiled = None
-        if not self.collapsed:
+        self.spec = None
+        if self.collapsed:
+            self.spec = ModelSpec.from_model(model, resolved=True)
+        else:
             import nutpie
 
             from bayeslmm.engines.pymc_model import build_model
@@ -341,28 +349,71 @@ class _Refitter:
             self.compiled = nutpie.compile_pymc_model(weighted, var_names=keep)
         self.compile_seconds = time.perf_counter() - start
 
+    def sample_many(
+        self, held_out: list[np.ndarray], seeds: list[int], settings: dict[str, Any], *, client: Any = None,
+        workers: int | None = None, description: str = "Refits",
+    ) -> list[tuple[xr.Dataset, int, float]]:
+        """Refit without each set of rows: (posterior, divergences, seconds) per set, in order.
+
+        Raises
+        ------
+        BayeslmmError
+            A refit failed (its rows and seed are named); cross-validation needs every one.
+        """
+        if self.collapsed:
+            shared, function = (self.spec, settings), _collapsed_refit
+        else:
+            shared, function, client, workers = (self, settings), _compiled_refit, None, 1
+        run = run_tasks(function, held_out, seeds, shared=shared, client=client, workers=workers,
+                        description=description, unit="fits")
+        if run.failures:
+            raise BayeslmmError(f"a refit of {self.model.formula!r} failed: {run.failures[0]}")
+        return run.results
+
     def sample(
         self, weights: np.ndarray, *, draws: int, tune: int, chains: int, seed: int, **options: Any
     ) -> tuple[xr.Dataset, int, float]:
         """Posterior with these weights (0 holds a row out), its number of divergences, and the seconds it took."""
-        start = time.perf_counter()
-        if self.collapsed:
-            kept = np.asarray(weights) > 0
-            options.pop("nuts_sampler", None)
-            tree, _ = collapsed.sample_marginal(
-                self.model.design.subset(kept), self.model.model_priors, draws=draws, tune=tune, chains=chains,
-                random_seed=seed, **options,
-            )
-        else:
-            import nutpie
+        held_out = np.flatnonzero(np.asarray(weights) == 0)
+        settings = {"draws": draws, "tune": tune, "chains": chains, **options}
+        return self.sample_many([held_out], [seed], settings, workers=1)[0]
 
-            tree = nutpie.sample(
-                self.compiled.with_data(loglik_weight=weights), draws=draws, tune=tune, chains=chains, seed=seed,
-                progress_bar=False, save_warmup=False, **options,
-            )
-        stats = tree["sample_stats"].to_dataset()
-        divergences = int(stats["diverging"].sum()) if "diverging" in stats else 0
-        return tree["posterior"].to_dataset(), divergences, time.perf_counter() - start
+
+def _collapsed_refit(shared: tuple[ModelSpec, dict], held_out: np.ndarray, seed: int) -> tuple[xr.Dataset, int, float]:
+    """A task of :func:`~bayeslmm.engines.executor.run_tasks`: the collapsed sampler without ``held_out``."""
+    spec, settings = shared
+    start = time.perf_counter()
+    design = spec.design()
+    kept = np.ones(design.n_obs, dtype=bool)
+    kept[held_out] = False
+    options = {k: v for k, v in settings.items() if k != "nuts_sampler"}
+    if task_threads() is not None:
+        options["cores"] = task_threads()
+    tree, _ = collapsed.sample_marginal(design.subset(kept), spec.model_priors(), random_seed=seed, **options)
+    return _refit_result(tree, start)
+
+
+def _compiled_refit(shared: tuple["_Refitter", dict], held_out: np.ndarray, seed: int) -> tuple[xr.Dataset, int, float]:
+    """A task run in this process: the compiled weighted PyMC model with the rows of ``held_out`` weighted 0."""
+    import nutpie
+
+    refitter, settings = shared
+    start = time.perf_counter()
+    weights = np.ones(refitter.model.design.n_obs)
+    weights[held_out] = 0.0
+    settings = dict(settings)
+    draws, tune, chains = settings.pop("draws"), settings.pop("tune"), settings.pop("chains")
+    tree = nutpie.sample(
+        refitter.compiled.with_data(loglik_weight=weights), draws=draws, tune=tune, chains=chains, seed=seed,
+        progress_bar=False, save_warmup=False, **settings,
+    )
+    return _refit_result(tree, start)
+
+
+def _refit_result(tree: xr.DataTree, start: float) -> tuple[xr.Dataset, int, float]:
+    stats = tree["sample_stats"].to_dataset()
+    divergences = int(stats["diverging"].sum()) if "diverging" in stats else 0
+    return tree["posterior"].to_dataset(), divergences, time.perf_counter() - start
 
 
 def _refitter(model: "Lmer") -> _Refitter:
@@ -382,22 +433,40 @@ def _fit_settings(model: "Lmer") -> dict[str, Any]:
 class _RefitWrapper(SamplingWrapper):
     """ArviZ's refit interface (``reloo``, ``loo_kfold``) on top of :class:`_Refitter`.
 
-    Records the seconds and divergences of every refit.
+    ArviZ asks for one refit at a time; :meth:`prefetch` runs the refits it will ask for beforehand, all
+    at once through :func:`~bayeslmm.engines.executor.run_tasks` (``client=`` and ``workers=`` among the
+    settings say where), each with the seed it would have had one at a time: the ``i``-th draw of the
+    generator seeded by ``random_seed``, in ArviZ's order. Records the seconds and divergences of every refit.
     """
-
-    #: bayeslmm's progress bar over the refits (set by the caller that knows how many there are).
-    progress: Progress | None = None
 
     def __init__(self, model: "Lmer", tree: xr.DataTree, random_seed: int | None, **settings: Any) -> None:
         super().__init__(model=None, idata_orig=tree)
         self.lmer = model
+        self.client, self.workers = settings.pop("client", None), settings.pop("workers", None)
+        check_executor_arguments(self.client, self.workers)
         self.refitter = _refitter(model)
         defaults = _fit_settings(model)
         self.settings = {name: settings.pop(name, None) or defaults[name] for name in ("draws", "tune", "chains")}
         self.options = settings
         self._rng = np.random.default_rng(random_seed if random_seed is not None else defaults["random_seed"])
+        self._prefetched: dict[tuple[int, ...], xr.Dataset] = {}
         self.seconds: list[float] = []
         self.divergences: list[int] = []
+
+    def prefetch(self, held_out: list[np.ndarray], description: str) -> None:
+        """Refit without each set of rows now (the order in which ArviZ will ask for them)."""
+        seeds = [self._next_seed() for _ in held_out]
+        results = self.refitter.sample_many(
+            held_out, seeds, {**self.settings, **self.options}, client=self.client, workers=self.workers,
+            description=description,
+        )
+        for rows, (posterior, divergences, seconds) in zip(held_out, results):
+            self._prefetched[tuple(int(i) for i in rows)] = posterior
+            self.seconds.append(seconds)
+            self.divergences.append(divergences)
+
+    def _next_seed(self) -> int:
+        return int(self._rng.integers(0, 2**31 - 1))
 
     def sel_observations(self, idx):
         rows = np.atleast_1d(np.asarray(idx, dtype=int))
@@ -406,13 +475,13 @@ class _RefitWrapper(SamplingWrapper):
         return weights, rows
 
     def sample(self, modified_observed_data):
-        seed = int(self._rng.integers(0, 2**31 - 1))
-        posterior, divergences, seconds = self.refitter.sample(
-            modified_observed_data, seed=seed, **self.settings, **self.options
+        key = tuple(int(i) for i in np.flatnonzero(np.asarray(modified_observed_data) == 0))
+        if key in self._prefetched:
+            return self._prefetched.pop(key)
+        posterior, divergences, seconds = self.refitter.sample(  # a refit nobody planned: here, now
+            modified_observed_data, seed=self._next_seed(), **self.settings, **self.options
         )
         self.seconds.append(seconds)
-        if self.progress is not None:
-            self.progress.update(len(self.seconds))
         self.divergences.append(divergences)
         return posterior
 
@@ -443,9 +512,9 @@ def _reloo(model: "Lmer", result: Any, **settings: Any) -> Any:
     """PSIS-LOO with the flagged observations replaced by exact leave-one-out refits (ArviZ ``reloo``)."""
     tree = _loo_tree(model)
     wrapper = _RefitWrapper(model, tree, settings.pop("random_seed", None), **settings)
-    with Progress(_n_high_k(result), "Exact leave-one-out refits", "fits", enabled=resolve_progressbar(None)) as bar:
-        wrapper.progress = bar
-        refitted = az.reloo(wrapper, loo_orig=result, var_name="y", k_threshold=K_THRESHOLD, pointwise=True)
+    flagged = np.flatnonzero(np.asarray(result.pareto_k).reshape(-1) > K_THRESHOLD)  # ArviZ's order
+    wrapper.prefetch([np.array([i]) for i in flagged], "Exact leave-one-out refits")
+    refitted = az.reloo(wrapper, loo_orig=result, var_name="y", k_threshold=K_THRESHOLD, pointwise=True)
     refitted.refit_seconds = list(wrapper.seconds)
     refitted.compile_seconds = wrapper.refitter.compile_seconds
     wrapper.warn_divergences("leave-one-out")
@@ -476,6 +545,8 @@ def kfold(
     draws: int | None = None,
     tune: int | None = None,
     chains: int | None = None,
+    client: Any = None,
+    workers: int | None = None,
     **sampler_options: Any,
 ) -> Any:
     """K-fold cross-validation: refit without each fold, predict the held-out rows.
@@ -501,6 +572,10 @@ def kfold(
         fitted to the same data.
     draws, tune, chains : int, optional
         Sampler settings of each refit; by default those of the model's fit.
+    client, workers
+        Where the refits run (see :func:`bayeslmm.engines.executor.run_tasks`): every local core by
+        default, or a Dask cluster. Models outside the collapsed sampler are refitted in this process.
+        Each refit has its own seed, so the result does not depend on where it ran.
     **sampler_options
         Passed to ``nutpie.sample``, e.g. ``target_accept=0.95``.
 
@@ -519,17 +594,19 @@ def kfold(
     """
     _require_fitted(model, "kfold")
     folds = _resolve_folds(model.design, k, folds, group_by, random_seed)
-    return _kfold(model, folds, random_seed, draws=draws, tune=tune, chains=chains, **sampler_options)
+    return _kfold(
+        model, folds, random_seed, draws=draws, tune=tune, chains=chains, client=client, workers=workers,
+        **sampler_options,
+    )
 
 
 def _kfold(model: "Lmer", folds: np.ndarray, random_seed: int | None, **settings: Any) -> Any:
     """K-fold cross-validation with given folds (ArviZ ``loo_kfold`` on the compiled weighted model)."""
     tree = _loo_tree(model)
     wrapper = _RefitWrapper(model, tree, random_seed, **settings)
-    n_folds = len(np.unique(folds))
-    with Progress(n_folds, f"{n_folds}-fold cross-validation", "fits", enabled=resolve_progressbar(None)) as bar:
-        wrapper.progress = bar
-        result = az.loo_kfold(tree, wrapper, pointwise=True, var_name="y", folds=folds)
+    labels = np.unique(folds)  # ArviZ numbers the folds in this order and refits them in turn
+    wrapper.prefetch([np.flatnonzero(folds == label) for label in labels], f"{len(labels)}-fold cross-validation")
+    result = az.loo_kfold(tree, wrapper, pointwise=True, var_name="y", folds=folds)
     result.compile_seconds = wrapper.refitter.compile_seconds
     result.fold_seconds = list(wrapper.seconds)
     wrapper.warn_divergences("K-fold")
@@ -675,8 +752,9 @@ def lrt(
         factor (so its covariance structure is a special case); lme4 does not check nesting and tests
         every consecutive pair, here the other pairs get no test.
     **sampler_options
-        For refits: ``draws``, ``tune``, ``chains`` (default: each model's own) and options of
-        ``nutpie.sample`` such as ``target_accept``.
+        For refits: ``draws``, ``tune``, ``chains`` (default: each model's own), options of
+        ``nutpie.sample`` such as ``target_accept``, and where they run: ``client=``, ``workers=``
+        (see :func:`bayeslmm.engines.executor.run_tasks`; every local core by default).
 
     Returns
     -------

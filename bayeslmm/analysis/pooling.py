@@ -19,18 +19,20 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from bayeslmm.engines import least_squares
-from bayeslmm.engines.progress import Progress
-from bayeslmm.engines.sampling import resolve_progressbar
-from bayeslmm.errors import BayeslmmError, ConvergenceWarning, DataError, NotFittedError
+from bayeslmm.engines.executor import check_executor_arguments, run_tasks, spawn_seeds
+from bayeslmm.errors import DataError, NotFittedError
 from bayeslmm.results import summaries
 from bayeslmm.results.frequentist import FrequentistResult, fit_frequentist
 from bayeslmm.spec.design import Design
+from bayeslmm.spec.simulate import TrueParameters, simulate_response
+from bayeslmm.spec.specification import ModelSpec
 from bayeslmm.spec.families import Family, get_family
 
 if TYPE_CHECKING:
@@ -249,7 +251,14 @@ def _method(reference: FrequentistResult) -> str:
 
 
 def compare_variance_components(
-    model: "FittedModel", prob: float = 0.95, REML: bool | None = None, n_boot: int = 0, random_seed: int | None = None
+    model: "FittedModel",
+    prob: float = 0.95,
+    REML: bool | None = None,
+    n_boot: int = 0,
+    random_seed: int | None = None,
+    *,
+    client: Any = None,
+    workers: int | None = None,
 ) -> pd.DataFrame:
     """Standard deviations and correlations of the random effects: frequentist estimate next to the posterior.
 
@@ -267,9 +276,14 @@ def compare_variance_components(
         the estimated covariances, then the family's distribution: normal residuals, binomial,
         Poisson or negative binomial counts with the fit's trials, offset and dispersion) and refits
         it: ``n_boot`` frequentist fits (0.05-0.3 s each on sleepstudy or cbpp). Replicates whose
-        optimiser did not converge are kept and counted in ``attrs["n_boot_not_converged"]``.
+        optimiser did not converge are kept and counted in ``attrs["n_boot_not_converged"]``; a refit
+        that raises is left out (NaN) with a warning naming its seed, and counted in
+        ``attrs["n_boot_failed"]``.
     random_seed : int, optional
-        Seed of the bootstrap.
+        Seed of the bootstrap: replicate ``i`` is seeded by the ``i``-th child of
+        ``numpy.random.SeedSequence(random_seed)``, so the interval does not depend on where it ran.
+    client, workers
+        Where the refits run: see :func:`bayeslmm.engines.executor.run_tasks` (default every local core).
 
     Returns
     -------
@@ -286,9 +300,12 @@ def compare_variance_components(
         As :func:`compare_group_estimates`.
     ValueError
         ``n_boot`` is negative or not an integer.
+    TypeError
+        Bad ``client`` or ``workers``.
     """
     if not isinstance(n_boot, int | np.integer) or n_boot < 0:
         raise ValueError(f"n_boot must be a non-negative integer, got {n_boot!r}")
+    check_executor_arguments(client, workers)
     _require_mixed_fit(model, "compare_variance_components")
     low, high = summaries.interval_columns(prob)
     reference = model.fit_frequentist(REML=REML)
@@ -301,10 +318,14 @@ def compare_variance_components(
     table = freq[["group", "parameter", "term", "estimate"]].rename(columns={"estimate": "freq_Estimate"})
     attrs = {"frequentist": _method(reference), "bayes": "posterior median", "prob": prob}
     if n_boot:
-        replicates, not_converged = _parametric_bootstrap(reference, n_boot, random_seed)
+        spec = ModelSpec.from_model(model)
+        replicates, not_converged = _parametric_bootstrap(reference, spec, n_boot, random_seed, client, workers)
         bounds = np.nanquantile(replicates, [(1 - prob) / 2, (1 + prob) / 2], axis=0)
         table[f"freq_{low}"], table[f"freq_{high}"] = bounds
-        attrs.update({"n_boot": n_boot, "n_boot_not_converged": not_converged, "interval": "parametric bootstrap"})
+        attrs.update({
+            "n_boot": n_boot, "n_boot_not_converged": not_converged,
+            "n_boot_failed": int(np.isnan(replicates).all(axis=1).sum()), "interval": "parametric bootstrap",
+        })
     table["bayes_Estimate"] = bayes["estimate"].to_numpy()
     table[f"bayes_{low}"] = bayes[low].to_numpy()
     table[f"bayes_{high}"] = bayes[high].to_numpy()
@@ -326,8 +347,24 @@ def _variance_rows(
     return pd.concat([sds, corr[["group", "parameter", "term", "estimate"] + extra]], ignore_index=True)
 
 
-def _parametric_bootstrap(reference: FrequentistResult, n_boot: int, random_seed: int | None) -> tuple[np.ndarray, int]:
-    """Refit ``n_boot`` responses simulated from ``reference`` with new group effects (its ``simulate``).
+@dataclass(eq=False)
+class _BootstrapPlan:
+    """What every bootstrap replicate needs (sent once to each worker)."""
+
+    spec: ModelSpec
+    truth: TrueParameters
+    REML: bool
+    nAGQ: int
+
+
+def _parametric_bootstrap(
+    reference: FrequentistResult, spec: ModelSpec, n_boot: int, random_seed: int | None, client: Any = None,
+    workers: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """Refit ``n_boot`` responses simulated from ``reference`` with new group effects (the simulation of
+    its ``simulate``), ``reference`` being the fit of the model ``spec`` specifies; replicate ``i`` is
+    seeded by the ``i``-th child of ``SeedSequence(random_seed)``, and the refits run through
+    :func:`~bayeslmm.engines.executor.run_tasks`.
 
     Returns
     -------
@@ -335,28 +372,25 @@ def _parametric_bootstrap(reference: FrequentistResult, n_boot: int, random_seed
         The SDs then correlations of each refit, in :func:`_variance_rows` order (NaN if a refit failed).
     not_converged : int
     """
-    design, family = reference.design, reference.family
-    simulated = reference.simulate(n_boot, use_rfx=False, random_seed=random_seed).to_numpy()
-    replicates, not_converged = [], 0
-    bar = Progress(n_boot, "Parametric bootstrap", "fits", enabled=resolve_progressbar(None))
-    for replicate in range(n_boot):
-        bar.update(replicate)
-        y = simulated[:, replicate]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            try:
-                refit = fit_frequentist(
-                    dataclasses.replace(design, y=y), REML=reference.REML, family=family, nAGQ=reference.nAGQ or 1
-                )
-            except BayeslmmError:
-                replicates.append(None)
-                continue
-        not_converged += not refit.converged
-        replicates.append(_variance_rows(refit.ranef_var, refit.ranef_corr)["estimate"].to_numpy())
-    bar.update(n_boot)
-    bar.close()
+    plan = _BootstrapPlan(spec, reference.parameters(), reference.REML, reference.nAGQ or 1)
+    seeds, _ = spawn_seeds(random_seed, n_boot)
+    run = run_tasks(
+        _bootstrap_replicate, range(n_boot), seeds, shared=plan, client=client, workers=workers,
+        description="Parametric bootstrap", unit="fits",
+    )
+    if run.failures:
+        warnings.warn(run.failure_message("bootstrap refits"), UserWarning, stacklevel=3)
     width = len(_variance_rows(reference.ranef_var, reference.ranef_corr))
-    return np.array([np.full(width, np.nan) if r is None else r for r in replicates]), not_converged
+    replicates = np.array([np.full(width, np.nan) if r is None else r[0] for r in run.results])
+    return replicates, sum(not r[1] for r in run.results if r is not None)
+
+
+def _bootstrap_replicate(plan: _BootstrapPlan, replicate: int, seed: np.random.SeedSequence) -> tuple[np.ndarray, bool]:
+    """One replicate: a response simulated from the estimates, refitted; (SDs and correlations, converged)."""
+    design = plan.spec.design()
+    y = simulate_response(design, plan.truth, np.random.default_rng(seed), plan.spec.family)
+    refit = fit_frequentist(dataclasses.replace(design, y=y), REML=plan.REML, family=plan.spec.family, nAGQ=plan.nAGQ)
+    return _variance_rows(refit.ranef_var, refit.ranef_corr)["estimate"].to_numpy(), bool(refit.converged)
 
 
 def _require_mixed_fit(model: Any, what: str) -> None:

@@ -6,6 +6,7 @@
 (exact Bayesian linear regression for ``Lm`` and ``Lm2``), :mod:`~bayeslmm.engines.reml` (lme4's REML/ML),
 :mod:`~bayeslmm.engines.least_squares` (no- and complete-pooling references), with the shared pieces:
 :mod:`~bayeslmm.engines.sampling` (settings and argument checks), :mod:`~bayeslmm.engines.diagnostics`,
-:mod:`~bayeslmm.engines.progress`, :mod:`~bayeslmm.engines.nutpie_bridge` and
-:mod:`~bayeslmm.engines.numerical`.
+:mod:`~bayeslmm.engines.progress`, :mod:`~bayeslmm.engines.nutpie_bridge`,
+:mod:`~bayeslmm.engines.numerical`, and :mod:`~bayeslmm.engines.executor` (many fits at once: serially,
+in local processes or on a Dask cluster).
 """

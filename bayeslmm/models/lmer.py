@@ -302,14 +302,17 @@ class Lmer(Model):
         return pooling.compare_fixed_effects(self, prob=prob, REML=REML)
 
     def compare_variance_components(
-        self, prob: float = 0.95, REML: bool | None = None, n_boot: int = 0, random_seed: int | None = None
+        self, prob: float = 0.95, REML: bool | None = None, n_boot: int = 0, random_seed: int | None = None, *,
+        client: Any = None, workers: int | None = None,
     ) -> pd.DataFrame:
         """Random-effect SDs and correlations: frequentist estimate next to the posterior median and interval.
 
-        ``n_boot > 0`` adds a parametric-bootstrap interval for the frequentist estimates; see
-        :func:`bayeslmm.analysis.pooling.compare_variance_components`.
+        ``n_boot > 0`` adds a parametric-bootstrap interval for the frequentist estimates, its refits run where
+        ``client=``/``workers=`` say; see :func:`bayeslmm.analysis.pooling.compare_variance_components`.
         """
-        return pooling.compare_variance_components(self, prob=prob, REML=REML, n_boot=n_boot, random_seed=random_seed)
+        return pooling.compare_variance_components(
+            self, prob=prob, REML=REML, n_boot=n_boot, random_seed=random_seed, client=client, workers=workers
+        )
 
     # ----------------------------------------------------------------------------------- tests
     def anova(self, force_orthogonal: bool = False, elpd: bool = True, random_seed: int | None = None) -> ReportTable:

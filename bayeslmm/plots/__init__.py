@@ -25,6 +25,7 @@ function                           picture
                                    each group against its replicated interval
 :func:`plot_compare`               elpd (LOO) with standard errors for several models
 :func:`plot_prior_posterior`       prior against posterior for any hyperparameter
+:func:`plot_power`                 power and assurance by number of groups (:func:`bayeslmm.power`)
 =================================  ===============================================================
 
 One module per family of figures; :mod:`~bayeslmm.plots.style` holds the colours (the Okabe-Ito
@@ -38,6 +39,7 @@ from bayeslmm.plots.coefficients import plot_coefs
 from bayeslmm.plots.discrete import plot_ppc_groups, plot_rootogram
 from bayeslmm.plots.comparison import plot_compare
 from bayeslmm.plots.group_fits import plot_group_fits
+from bayeslmm.plots.power import plot_power
 from bayeslmm.plots.ppc import plot_ppc
 from bayeslmm.plots.priors import plot_prior_posterior
 from bayeslmm.plots.shrinkage import plot_shrinkage
@@ -57,4 +59,5 @@ __all__ = [
     "plot_ppc_groups",
     "plot_compare",
     "plot_prior_posterior",
+    "plot_power",
 ]

@@ -25,6 +25,7 @@ from bayeslmm.results.summaries import by_factor, fitted_data, group_tables, pea
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.hypotheses import type3_hypotheses
+from bayeslmm.spec.simulate import TrueParameters, simulate_response
 
 __all__ = ["FrequentistResult", "fit_frequentist", "SINGULAR_MESSAGE", "AUX_DESCRIPTIONS"]
 
@@ -308,21 +309,13 @@ class FrequentistResult:
         if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
             raise ValueError(f"n must be a positive number of simulated data sets, got {n!r}")
         rng = np.random.default_rng(random_seed)
-        design = self.design
-        factors = [
-            np.linalg.cholesky(covariance + 1e-12 * np.eye(len(covariance)))
-            for covariance in design.random.covariances(self.theta, 1.0 if self.sigma is None else self.sigma)
-        ]
-        aux = {name: np.array([value]) for name, value in self.aux.items()}
-        out = np.empty((design.n_obs, n))
-        for i in range(n):
-            if use_rfx:
-                effects = self._modes
-            else:
-                effects = [rng.standard_normal((b.n_levels, b.n_terms)) @ f.T for b, f in zip(design.blocks, factors)]
-            mu = self.family.inverse_link(design.linear_predictor(self.beta, effects))
-            out[:, i] = self.family.random(mu[None, :], aux, rng, trials=design.trials)[0]
-        return pd.DataFrame(out, index=design.data.index, columns=[f"sim_{i}" for i in range(1, n + 1)])
+        parameters, effects = self.parameters(), self._modes if use_rfx else None
+        out = np.column_stack([simulate_response(self.design, parameters, rng, self.family, effects) for _ in range(n)])
+        return pd.DataFrame(out, index=self.design.data.index, columns=[f"sim_{i}" for i in range(1, n + 1)])
+
+    def parameters(self) -> TrueParameters:
+        """The estimates as the parameters of a simulation (the parametric bootstrap, power analysis)."""
+        return TrueParameters.from_reml(self.design, self.beta, self.theta, self.sigma, self.aux)
 
     # -- printed forms ---------------------------------------------------------------------------
     def summary_parts(self) -> SummaryParts:
