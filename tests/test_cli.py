@@ -177,4 +177,4 @@ def test_unexpected_failures_exit_1(workdir, monkeypatch, capsys):
 def test_compile_command_reports_each_engine(capsys):
     assert cli.main(["compile"]) == 0
     out = capsys.readouterr().out
-    assert "collapsed Gaussian sampler:" in out and " s" in out
+    assert "collapsed Gaussian sampler:" in out and "GLMM sampler:" in out and " s" in out

@@ -297,3 +297,18 @@ def test_posterior_names_dims_and_groups_as_every_sampler(cbpp):
     assert list(posterior["late__level"].values) == ["early", "late"]
     assert "diverging" in model.idata["sample_stats"]
     assert model.idata["log_likelihood"]["y"].dims == ("chain", "draw", "obs")
+
+
+def test_precompiled_signatures_are_the_ones_a_fit_uses(cbpp):
+    """``bayeslmm compile`` is only useful if a fit finds its kernels already compiled: after
+    compile_kernels, evaluating a packed model must not add a signature (a new one would compile again)."""
+    from bayeslmm.engines.glmm.kernels import compile_kernels, evaluate, evaluate_many
+
+    compile_kernels()
+    before = (list(evaluate.signatures), list(evaluate_many.signatures))
+    model = Lmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", cbpp, family="binomial")
+    packed = pack(model.design, model.model_priors, model.family)
+    packed.logp_grad(packed.init)
+    packed.logp(packed.init)
+    packed.effects(packed.init[None])
+    assert (list(evaluate.signatures), list(evaluate_many.signatures)) == before

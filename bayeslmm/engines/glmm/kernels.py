@@ -966,3 +966,16 @@ def callbacks() -> tuple[int, int]:
         _CALLBACKS["logp"] = cfunc(_LOGP_SIG, cache=True)(_c_logp)
         _CALLBACKS["expand"] = cfunc(_EXPAND_SIG, cache=True)(_c_expand)
     return _CALLBACKS["logp"].address, _CALLBACKS["expand"].address
+
+
+def compile_kernels() -> None:
+    """Compile (or load from numba's disk cache) every kernel a GLMM fit uses, without running any.
+
+    The signatures are those :mod:`bayeslmm.engines.glmm.packing` calls with: every array is packed
+    one-dimensional and C-contiguous (float64, then int64), so one compiled version serves every model.
+    """
+    f1, i1, f2 = types.float64[::1], types.int64[::1], types.float64[:, ::1]
+    arrays = (f1,) * N_FLOAT + (i1,) * N_INT
+    callbacks()
+    evaluate.compile((f1, types.int64, f1, f1) + arrays)
+    evaluate_many.compile((f2, types.int64, f2, f1) + arrays)
