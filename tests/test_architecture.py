@@ -37,6 +37,22 @@ def test_command_line_help_loads_no_heavy_dependency():
     assert not loaded & set(HEAVY + ["pandas", "scipy", "xarray", "formulae"])
 
 
+def test_importing_the_models_loads_no_heavy_dependency():
+    """numba and the samplers load when a Bayesian fit first needs them, not when a model class is
+    imported (REML fits, Lm and Lm2 never need them)."""
+    loaded = _modules_after("from bayeslmm import Lmer, Lm, Lm2, compare, lrt, power, fit_many, load_dataset")
+    assert not loaded & set(HEAVY + ["formulae", "nutpie"])
+
+
+def test_reml_fit_loads_neither_numba_nor_a_sampler():
+    code = (
+        "from bayeslmm import Lmer, load_dataset\n"
+        "m = Lmer('Reaction ~ Days + (Days | Subject)', load_dataset('sleepstudy'))\n"
+        "m.fit_frequentist(); str(m.frequentist.coefs)"
+    )
+    assert not _modules_after(code) & set(HEAVY + ["nutpie"])
+
+
 @pytest.mark.slow
 def test_collapsed_fit_loads_neither_pymc_nor_arviz_nor_matplotlib():
     code = (

@@ -26,7 +26,7 @@ from scipy.special import logsumexp
 import xarray as xr
 
 from bayeslmm import DataError, Lmer, NotFittedError, load_dataset
-from bayeslmm.analysis import comparison
+from bayeslmm.analysis import comparison, pointwise, refits
 from bayeslmm.engines import collapsed as marginal
 from bayeslmm.analysis.comparison import (
     ModelComparison, ParetoKWarning, compare, kfold, loo, lrt, n_parameters, nested, r2, waic,
@@ -254,7 +254,7 @@ def test_log_likelihood_computed_on_demand(fits):
 def test_loo_warns_with_count_and_remedy(fits):
     with pytest.warns(ParetoKWarning, match=r"unreliable for \d+ observations? of .*reloo=True.*kfold"):
         result = loo(fits[SLOPES])
-    assert comparison._n_high_k(result) >= 1
+    assert comparison.n_high_k(result) >= 1
 
 
 def test_waic_is_close_to_loo(fits):
@@ -282,7 +282,7 @@ def test_r2_marginal_and_conditional(fits, sleep):
 # ------------------------------------------------------------------------------ refits
 def test_unit_weights_reproduce_the_fit(fits):
     model = fits[SLOPE_ONLY]
-    posterior, _, _ = comparison._refitter(model).sample(np.ones(model.design.n_obs), draws=1000, tune=1000, chains=2, seed=7)
+    posterior, _, _ = refits.refitter(model).sample(np.ones(model.design.n_obs), draws=1000, tune=1000, chains=2, seed=7)
     for name in ("beta", "sigma"):
         original = model.posterior[name]
         difference = np.abs(posterior[name].mean(("chain", "draw")) - original.mean(("chain", "draw")))
@@ -291,7 +291,7 @@ def test_unit_weights_reproduce_the_fit(fits):
 
 def test_kfold_agrees_with_psis_loo_and_holds_each_fold_out(fits):
     model = fits[SLOPE_ONLY]
-    folds = comparison._make_folds(model.design.n_obs, 10, 4)
+    folds = refits.make_folds(model.design.n_obs, 10, 4)
     result = kfold(model, folds=folds, random_seed=4)
     reference = loo(model, warn=False)
     assert abs(result.elpd - reference.elpd) < 2 * reference.se
@@ -303,26 +303,26 @@ def test_kfold_agrees_with_psis_loo_and_holds_each_fold_out(fits):
     refit, _ = marginal.sample_marginal(
         model.design.subset(~held), model.model_priors, draws=2000, tune=1000, chains=2, random_seed=99
     )
-    log_lik = comparison._log_likelihood(model, refit["posterior"].to_dataset(), np.flatnonzero(held))
+    log_lik = pointwise.log_likelihood(model, refit["posterior"].to_dataset(), np.flatnonzero(held))
     expected = logsumexp(log_lik.reshape(-1, held.sum()), axis=0) - np.log(4000)
     np.testing.assert_allclose(np.asarray(result.elpd_i)[held], expected, atol=0.1)
     in_sample = logsumexp(model.log_likelihood().values.reshape(-1, model.design.n_obs), axis=0)
     in_sample -= np.log(in_sample.size and model.log_likelihood().values.reshape(-1, model.design.n_obs).shape[0])
     assert np.mean(np.asarray(result.elpd_i)[held]) < np.mean(in_sample[held])  # held out: worse predicted
     # Gaussian models are refitted by the collapsed sampler: nothing is compiled
-    assert comparison._refitter(model).collapsed and result.compile_seconds < 0.5
+    assert refits.refitter(model).collapsed and result.compile_seconds < 0.5
 
 
 def test_group_folds_keep_groups_together(fits):
     design = fits[DAYS].design
-    folds = comparison._resolve_folds(design, 6, None, "Subject", random_seed=1)
+    folds = refits.resolve_folds(design, 6, None, "Subject", random_seed=1)
     assert sorted(set(folds)) == [1, 2, 3, 4, 5, 6]
     per_subject = pd.Series(folds).groupby(design.data["Subject"].to_numpy()).nunique()
     assert (per_subject == 1).all()
     with pytest.raises(ValueError, match="not a column"):
-        comparison._resolve_folds(design, 6, None, "Patient", random_seed=1)
+        refits.resolve_folds(design, 6, None, "Patient", random_seed=1)
     with pytest.raises(ValueError, match="k must be between 2"):
-        comparison._resolve_folds(design, 1, None, None, random_seed=1)
+        refits.resolve_folds(design, 1, None, None, random_seed=1)
 
 
 def test_reloo_refits_the_high_k_points(fits):

@@ -22,51 +22,47 @@ Public functions (each takes fitted :class:`~bayeslmm.Lmer` models):
 ``n_parameters(m)``      number of parameters, as lme4's ``npar``/``Df`` in ``anova``
 =======================  ===========================================================================
 
-Refits (K-fold and exact refits of high-k points) compile nothing per refit. Models the collapsed
-sampler handles are refitted by it on the kept rows (held-out rows removed, every group level kept, the
-priors of the full fit), in a fraction of a second each. Other models are compiled once (PyMC with a
-per-observation weight on its log-likelihood, ``nutpie.compile_pymc_model``), and each refit only swaps
-the weight vector (0 for held-out rows) and samples again. The predictive density of a held-out row is
-the average over posterior draws of its likelihood, ``log mean_s p(y_i | theta_s)``.
+Refits (K-fold and exact refits of high-k points, :mod:`bayeslmm.analysis.refits`) compile nothing per
+refit; the predictive density of a held-out row is the average over posterior draws of its likelihood,
+``log mean_s p(y_i | theta_s)``. The pointwise log-likelihood and the Pareto-k bookkeeping are in
+:mod:`bayeslmm.analysis.pointwise`, WAIC in :mod:`bayeslmm.analysis.waic`. ArviZ takes about a second to
+import, so importing this module does not: the functions that need it import it.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import arviz as az
 import numpy as np
 import pandas as pd
-import xarray as xr
-from arviz_stats.loo import SamplingWrapper
-from arviz_stats.utils import ELPDData
-from scipy.special import logsumexp
 
-from bayeslmm.engines import collapsed
-from bayeslmm.engines.executor import check_executor_arguments, run_tasks, task_threads
-from bayeslmm.engines.posterior_names import var_names
-from bayeslmm.errors import (
-    BayeslmmError,
-    ConvergenceWarning,
-    DataError,
-    NotFittedError,
-    ParetoKWarning,
+from bayeslmm.analysis.pointwise import (
+    ARVIZ_K_WARNING,
+    K_THRESHOLD,
+    high_k_message,
+    loo_tree,
+    n_high_k,
+    psis_loo,
+    require_fitted,
 )
+from bayeslmm.errors import DataError, NotFittedError, ParetoKWarning
 from bayeslmm.results import posterior as posterior_eval
 from bayeslmm.results import summaries
-from bayeslmm.results.report import SummaryParts, layout_html, layout_text, p_value_format
+from bayeslmm.results.report import (
+    SummaryParts,
+    layout_html,
+    layout_text,
+    p_value_format,
+)
 from bayeslmm.spec.design import Design
-from bayeslmm.spec.specification import ModelSpec
 
 if TYPE_CHECKING:
     from bayeslmm.results.fitted import FittedModel as Lmer
 
 __all__ = [
     "K_THRESHOLD",
-    "ELPDDataWAIC",
+    "ELPDDataWAIC",  # noqa: F822 -- provided by __getattr__
     "ModelComparison",
     "ParetoKWarning",
     "compare",
@@ -77,27 +73,23 @@ __all__ = [
     "n_high_k",
     "nested",
     "r2",
-    "waic",
+    "waic",  # noqa: F822 -- provided by __getattr__
 ]
 
-#: Pareto k above which the PSIS estimate of an observation's leave-one-out density is unreliable.
-K_THRESHOLD = 0.7
-#: p_waic of one observation above which WAIC is unreliable (Vehtari, Gelman & Gabry 2017).
-P_WAIC_THRESHOLD = 0.4
 _DRAW_CHUNK = 500
-_ARVIZ_K_WARNING = "Estimated shape parameter of Pareto distribution"
+#: Defined with ArviZ's base class (a second to import): imported when first asked for.
+_LAZY = {"waic": "bayeslmm.analysis.waic", "ELPDDataWAIC": "bayeslmm.analysis.waic"}
 
 
-# ============================================================================== checks and data
-def _require_fitted(model: Any, what: str) -> None:
-    if not hasattr(model, "design") or not hasattr(model, "idata"):
-        raise TypeError(f"{what} needs a bayeslmm.Lmer model, got {type(model).__name__}")
-    if model.idata is None:
-        raise NotFittedError(
-            f"{what}: model {model.formula!r} is not fitted; call .fit() on it first"
-        )
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# ============================================================================== checks
 def _data_difference(reference: Design, other: Design) -> str | None:
     """Why two designs are not fitted to the same observations; None when they are."""
     if reference.formula.response != other.formula.response:
@@ -144,30 +136,7 @@ def _collect_models(models: tuple, what: str) -> list["Lmer"]:
     return list(models)
 
 
-# ============================================================================== log-likelihood
-def _log_likelihood(model: "Lmer", posterior: xr.Dataset, rows: np.ndarray) -> np.ndarray:
-    """Pointwise log-likelihood of ``rows`` under ``posterior``, shape (chain, draw, len(rows))."""
-    return posterior_eval.pointwise_log_likelihood(model.design.subset(rows), posterior, model.family)
-
-
-def _loo_tree(model: "Lmer") -> xr.DataTree:
-    """Posterior and pointwise log-likelihood (variable ``y``, dims chain, draw, obs) for ArviZ.
-
-    A model whose ``idata`` has no ``log_likelihood`` group gets one, computed from the posterior.
-    The ``obs`` dimension gets integer coordinates (ArviZ's refit functions select by coordinate).
-    """
-    idata = model.idata
-    log_lik = xr.Dataset({"y": model.log_likelihood()})
-    if log_lik.sizes["obs"] != model.design.n_obs:
-        raise DataError(
-            f"the log-likelihood of {model.formula!r} has {log_lik.sizes['obs']} observations but the "
-            f"model has {model.design.n_obs}; refit the model with .fit()"
-        )
-    log_lik = log_lik.assign_coords(obs=np.arange(model.design.n_obs))
-    return xr.DataTree.from_dict({"posterior": idata["posterior"].to_dataset(), "log_likelihood": log_lik})
-
-
-# ============================================================================== PSIS-LOO and WAIC
+# ============================================================================== PSIS-LOO and K-fold
 def loo(
     model: "Lmer", reloo: bool = False, warn: bool = True, random_seed: int | None = None, **sampler_options: Any
 ) -> Any:
@@ -201,338 +170,11 @@ def loo(
     NotFittedError
         The model is not fitted.
     """
-    _require_fitted(model, "loo")
+    require_fitted(model, "loo")
     result = _model_loo(model, reloo, random_seed, sampler_options)
-    if warn and _n_high_k(result):
-        warnings.warn(_high_k_message({model.formula: _n_high_k(result)}, call="loo"), ParetoKWarning, stacklevel=2)
+    if warn and n_high_k(result):
+        warnings.warn(high_k_message({model.formula: n_high_k(result)}, call="loo"), ParetoKWarning, stacklevel=2)
     return result
-
-
-def _psis_loo(tree: xr.DataTree) -> Any:
-    with warnings.catch_warnings():
-        # replaced by ParetoKWarning, which says how many points and what to do
-        warnings.filterwarnings("ignore", message=_ARVIZ_K_WARNING)
-        return az.loo(tree, pointwise=True, var_name="y")
-
-
-def n_high_k(result: Any) -> int:
-    """Number of observations whose Pareto k exceeds :data:`K_THRESHOLD` in a PSIS-LOO result (0 for K-fold)."""
-    return _n_high_k(result)
-
-
-def _n_high_k(result: Any) -> int:
-    if getattr(result, "pareto_k", None) is None:
-        return 0
-    return int(np.sum(np.asarray(result.pareto_k) > K_THRESHOLD))
-
-
-def _high_k_message(counts: dict[str, int], call: str) -> str:
-    """Warning text: how many observations of which model, and the two built-in remedies.
-
-    ``call`` is ``"lrt"`` (remedies as lrt arguments) or ``"loo"`` (as per-model calls).
-    """
-    counts = {formula: n for formula, n in counts.items() if n}
-    which = " and ".join(f"{n} observation{'s' if n > 1 else ''} of {formula!r}" for formula, n in counts.items())
-    total = sum(counts.values())
-    refits = f"{total} refit{'s' if total > 1 else ''}, no recompilation"
-    if call == "lrt":
-        remedies = f"lrt(..., reloo=True) refits each model without each of them ({refits}); lrt(..., kfold=10)"
-    else:
-        remedies = f"loo(reloo=True) refits the model without each of them ({refits}); kfold(k=10)"
-    return (
-        f"PSIS-LOO is unreliable for {which} (Pareto k > {K_THRESHOLD}): without such an observation the "
-        "posterior differs too much from the full one for importance sampling, so its leave-one-out "
-        "density, and elpd, may be biased (often in favour of the more flexible model). Two remedies: "
-        f"{remedies} uses 10-fold cross-validation instead (10 refits per model)"
-    )
-
-
-@dataclass(kw_only=True, repr=False)
-class ELPDDataWAIC(ELPDData):
-    """WAIC results: ``elpd`` (elpd_waic), ``se``, ``p`` (p_waic), pointwise ``elpd_i`` and ``p_waic_i``.
-
-    ``waic`` is ``-2 * elpd`` (deviance scale, comparable with AIC and looic).
-    """
-
-    _kind: ClassVar[str] = "waic"
-    p_waic_i: xr.DataArray = None
-
-    @property
-    def waic(self) -> float:
-        """WAIC on the deviance scale, ``-2 elpd_waic``."""
-        return -2.0 * self.elpd
-
-    def _footer(self) -> str:
-        footer = f"\nwaic (deviance scale, -2 elpd_waic): {self.waic:.2f}"
-        if self.warning:
-            n_high = int(np.sum(np.asarray(self.p_waic_i) > P_WAIC_THRESHOLD))
-            footer += f"\n\n{n_high} observations have p_waic > {P_WAIC_THRESHOLD}: WAIC is unreliable; use loo()."
-        return footer
-
-
-def waic(model: "Lmer", warn: bool = True) -> ELPDDataWAIC:
-    """Widely applicable information criterion (Watanabe 2010) of one fitted model.
-
-    ``elpd_waic = sum_i [log mean_s p(y_i | theta_s) - var_s log p(y_i | theta_s)]``; its SE is
-    ``sqrt(n var_i(elpd_waic_i))``. ArviZ 1.x no longer provides WAIC, so it is computed here from the
-    pointwise log-likelihood. PSIS-LOO (:func:`loo`) is more reliable and has a diagnostic; use WAIC
-    only to compare with software that reports it.
-
-    Parameters
-    ----------
-    model : Lmer
-        A fitted model.
-    warn : bool
-        Warn when some observation has ``p_waic_i > 0.4``, where WAIC is known to be unreliable.
-
-    Returns
-    -------
-    ELPDDataWAIC
-    """
-    _require_fitted(model, "waic")
-    log_lik = _loo_tree(model)["log_likelihood"]["y"]
-    values = np.asarray(log_lik.transpose("chain", "draw", "obs").values).reshape(-1, log_lik.sizes["obs"])
-    n_samples, n_obs = values.shape
-    lppd_i = logsumexp(values, axis=0) - np.log(n_samples)
-    p_waic_i = values.var(axis=0, ddof=1)
-    elpd_i = lppd_i - p_waic_i
-    coords = {"obs": log_lik["obs"].values}
-    high = int(np.sum(p_waic_i > P_WAIC_THRESHOLD))
-    if warn and high:
-        warnings.warn(
-            f"WAIC of {model.formula!r} is unreliable: {high} observations have p_waic > "
-            f"{P_WAIC_THRESHOLD}; use loo(model) instead",
-            UserWarning,
-            stacklevel=2,
-        )
-    return ELPDDataWAIC(
-        elpd=float(elpd_i.sum()),
-        se=float(np.sqrt(n_obs * elpd_i.var(ddof=1))),
-        p=float(p_waic_i.sum()),
-        n_samples=n_samples,
-        n_data_points=n_obs,
-        scale="log",
-        warning=bool(high),
-        good_k=None,
-        elpd_i=xr.DataArray(elpd_i, dims="obs", coords=coords),
-        p_waic_i=xr.DataArray(p_waic_i, dims="obs", coords=coords),
-    )
-
-
-# ============================================================================== refits
-class _Refitter:
-    """Refits of one model with observations held out, compiling nothing per refit.
-
-    Models the collapsed sampler handles are refitted by it on the kept rows (every group level kept,
-    the full fit's priors), wherever :func:`~bayeslmm.engines.executor.run_tasks` runs them: the task
-    carries the model's specification (:class:`~bayeslmm.spec.specification.ModelSpec`), not the model.
-    Other models are compiled once as a PyMC model with per-observation log-likelihood weights, and
-    each refit swaps the weights (0 for held-out rows); that compiled model stays in this process, so
-    their refits run here, one after the other.
-    """
-
-    def __init__(self, model: "Lmer") -> None:
-        start = time.perf_counter()
-        self.model = model
-        self.collapsed = collapsed.supports(model.design, model.model_priors, model.family)
-        self.compiled = None
-        self.spec = None
-        if self.collapsed:
-            self.spec = ModelSpec.from_model(model, resolved=True)
-        else:
-            import nutpie
-
-            from bayeslmm.engines.pymc_model import build_model
-
-            keep = ["beta", *model.family.aux] + [var_names(block)["ranef"] for block in model.design.blocks]
-            weighted = build_model(model.design, model.model_priors, model.family, weighted=True)
-            self.compiled = nutpie.compile_pymc_model(weighted, var_names=keep)
-        self.compile_seconds = time.perf_counter() - start
-
-    def sample_many(
-        self, held_out: list[np.ndarray], seeds: list[int], settings: dict[str, Any], *, client: Any = None,
-        workers: int | None = None, description: str = "Refits",
-    ) -> list[tuple[xr.Dataset, int, float]]:
-        """Refit without each set of rows: (posterior, divergences, seconds) per set, in order.
-
-        Raises
-        ------
-        BayeslmmError
-            A refit failed (its rows and seed are named); cross-validation needs every one.
-        """
-        if self.collapsed:
-            shared, function = (self.spec, settings), _collapsed_refit
-        else:
-            shared, function, client, workers = (self, settings), _compiled_refit, None, 1
-        run = run_tasks(function, held_out, seeds, shared=shared, client=client, workers=workers,
-                        description=description, unit="fits")
-        if run.failures:
-            raise BayeslmmError(f"a refit of {self.model.formula!r} failed: {run.failures[0]}")
-        return run.results
-
-    def sample(
-        self, weights: np.ndarray, *, draws: int, tune: int, chains: int, seed: int, **options: Any
-    ) -> tuple[xr.Dataset, int, float]:
-        """Posterior with these weights (0 holds a row out), its number of divergences, and the seconds it took."""
-        held_out = np.flatnonzero(np.asarray(weights) == 0)
-        settings = {"draws": draws, "tune": tune, "chains": chains, **options}
-        return self.sample_many([held_out], [seed], settings, workers=1)[0]
-
-
-def _collapsed_refit(shared: tuple[ModelSpec, dict], held_out: np.ndarray, seed: int) -> tuple[xr.Dataset, int, float]:
-    """A task of :func:`~bayeslmm.engines.executor.run_tasks`: the collapsed sampler without ``held_out``."""
-    spec, settings = shared
-    start = time.perf_counter()
-    design = spec.design()
-    kept = np.ones(design.n_obs, dtype=bool)
-    kept[held_out] = False
-    options = {k: v for k, v in settings.items() if k != "nuts_sampler"}
-    if task_threads() is not None:
-        options["cores"] = task_threads()
-    tree, _ = collapsed.sample_marginal(design.subset(kept), spec.model_priors(), random_seed=seed, **options)
-    return _refit_result(tree, start)
-
-
-def _compiled_refit(shared: tuple["_Refitter", dict], held_out: np.ndarray, seed: int) -> tuple[xr.Dataset, int, float]:
-    """A task run in this process: the compiled weighted PyMC model with the rows of ``held_out`` weighted 0."""
-    import nutpie
-
-    refitter, settings = shared
-    start = time.perf_counter()
-    weights = np.ones(refitter.model.design.n_obs)
-    weights[held_out] = 0.0
-    settings = dict(settings)
-    draws, tune, chains = settings.pop("draws"), settings.pop("tune"), settings.pop("chains")
-    tree = nutpie.sample(
-        refitter.compiled.with_data(loglik_weight=weights), draws=draws, tune=tune, chains=chains, seed=seed,
-        progress_bar=False, save_warmup=False, **settings,
-    )
-    return _refit_result(tree, start)
-
-
-def _refit_result(tree: xr.DataTree, start: float) -> tuple[xr.Dataset, int, float]:
-    stats = tree["sample_stats"].to_dataset()
-    divergences = int(stats["diverging"].sum()) if "diverging" in stats else 0
-    return tree["posterior"].to_dataset(), divergences, time.perf_counter() - start
-
-
-def _refitter(model: "Lmer") -> _Refitter:
-    """The model's refitter, made on first use and kept with the model (see ``FittedModel.resource``)."""
-    return model.resource("refitter", lambda: _Refitter(model))
-
-
-def _fit_settings(model: "Lmer") -> dict[str, Any]:
-    """Draws, tuning steps, chains and seed of the model's fit (from its draws when unrecorded)."""
-    sampler = getattr(model, "sampler", None)
-    if sampler is not None:
-        return {"draws": sampler.draws, "tune": sampler.tune, "chains": sampler.chains, "random_seed": sampler.random_seed}
-    sizes = model.idata["posterior"].sizes
-    return {"draws": int(sizes["draw"]), "tune": 1000, "chains": int(sizes["chain"]), "random_seed": None}
-
-
-class _RefitWrapper(SamplingWrapper):
-    """ArviZ's refit interface (``reloo``, ``loo_kfold``) on top of :class:`_Refitter`.
-
-    ArviZ asks for one refit at a time; :meth:`prefetch` runs the refits it will ask for beforehand, all
-    at once through :func:`~bayeslmm.engines.executor.run_tasks` (``client=`` and ``workers=`` among the
-    settings say where), each with the seed it would have had one at a time: the ``i``-th draw of the
-    generator seeded by ``random_seed``, in ArviZ's order. Records the seconds and divergences of every refit.
-    """
-
-    def __init__(self, model: "Lmer", tree: xr.DataTree, random_seed: int | None, **settings: Any) -> None:
-        super().__init__(model=None, idata_orig=tree)
-        self.lmer = model
-        self.client, self.workers = settings.pop("client", None), settings.pop("workers", None)
-        check_executor_arguments(self.client, self.workers)
-        self.refitter = _refitter(model)
-        defaults = _fit_settings(model)
-        self.settings = {name: settings.pop(name, None) or defaults[name] for name in ("draws", "tune", "chains")}
-        self.options = settings
-        self._rng = np.random.default_rng(random_seed if random_seed is not None else defaults["random_seed"])
-        self._prefetched: dict[tuple[int, ...], xr.Dataset] = {}
-        self.seconds: list[float] = []
-        self.divergences: list[int] = []
-
-    def prefetch(self, held_out: list[np.ndarray], description: str) -> None:
-        """Refit without each set of rows now (the order in which ArviZ will ask for them)."""
-        seeds = [self._next_seed() for _ in held_out]
-        results = self.refitter.sample_many(
-            held_out, seeds, {**self.settings, **self.options}, client=self.client, workers=self.workers,
-            description=description,
-        )
-        for rows, (posterior, divergences, seconds) in zip(held_out, results):
-            self._prefetched[tuple(int(i) for i in rows)] = posterior
-            self.seconds.append(seconds)
-            self.divergences.append(divergences)
-
-    def _next_seed(self) -> int:
-        return int(self._rng.integers(0, 2**31 - 1))
-
-    def sel_observations(self, idx):
-        rows = np.atleast_1d(np.asarray(idx, dtype=int))
-        weights = np.ones(self.lmer.design.n_obs)
-        weights[rows] = 0.0
-        return weights, rows
-
-    def sample(self, modified_observed_data):
-        key = tuple(int(i) for i in np.flatnonzero(np.asarray(modified_observed_data) == 0))
-        if key in self._prefetched:
-            return self._prefetched.pop(key)
-        posterior, divergences, seconds = self.refitter.sample(  # a refit nobody planned: here, now
-            modified_observed_data, seed=self._next_seed(), **self.settings, **self.options
-        )
-        self.seconds.append(seconds)
-        self.divergences.append(divergences)
-        return posterior
-
-    def get_inference_data(self, fitted_model):
-        return xr.DataTree.from_dict({"posterior": fitted_model})
-
-    def log_likelihood__i(self, excluded_obs, idata__i):
-        posterior = idata__i["posterior"].to_dataset()
-        values = _log_likelihood(self.lmer, posterior, rows=excluded_obs)
-        return xr.DataArray(
-            values,
-            dims=("chain", "draw", "obs"),
-            coords={"chain": posterior.chain, "draw": posterior.draw, "obs": excluded_obs},
-        )
-
-    def warn_divergences(self, what: str) -> None:
-        bad = sum(1 for count in self.divergences if count)
-        if bad:
-            warnings.warn(
-                f"{bad} of {len(self.divergences)} {what} refits of {self.lmer.formula!r} had divergent "
-                "transitions: those posteriors may be biased. Pass target_accept=0.95 to retry",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
-
-
-def _reloo(model: "Lmer", result: Any, **settings: Any) -> Any:
-    """PSIS-LOO with the flagged observations replaced by exact leave-one-out refits (ArviZ ``reloo``)."""
-    tree = _loo_tree(model)
-    wrapper = _RefitWrapper(model, tree, settings.pop("random_seed", None), **settings)
-    flagged = np.flatnonzero(np.asarray(result.pareto_k).reshape(-1) > K_THRESHOLD)  # ArviZ's order
-    wrapper.prefetch([np.array([i]) for i in flagged], "Exact leave-one-out refits")
-    refitted = az.reloo(wrapper, loo_orig=result, var_name="y", k_threshold=K_THRESHOLD, pointwise=True)
-    refitted.refit_seconds = list(wrapper.seconds)
-    refitted.compile_seconds = wrapper.refitter.compile_seconds
-    wrapper.warn_divergences("leave-one-out")
-    return refitted
-
-
-def _make_folds(n_obs: int, k: int, random_seed: int | None, groups: np.ndarray | None = None) -> np.ndarray:
-    """Fold number (1..k) of every row: balanced random folds, or whole groups kept together."""
-    rng = np.random.default_rng(random_seed)
-    if groups is None:
-        if not 2 <= k <= n_obs:
-            raise ValueError(f"k must be between 2 and the number of observations ({n_obs}), got {k}")
-        return rng.permutation(np.arange(n_obs) % k) + 1
-    codes, levels = pd.factorize(pd.Series(groups), sort=True)
-    if not 2 <= k <= len(levels):
-        raise ValueError(f"k must be between 2 and the number of groups ({len(levels)}), got {k}")
-    level_fold = rng.permutation(np.arange(len(levels)) % k) + 1
-    return level_fold[codes]
 
 
 def kfold(
@@ -592,47 +234,16 @@ def kfold(
     ValueError
         Bad ``k``, ``folds`` or ``group_by``.
     """
-    _require_fitted(model, "kfold")
-    folds = _resolve_folds(model.design, k, folds, group_by, random_seed)
-    return _kfold(
+    from bayeslmm.analysis import (
+        refits,  # ArviZ: a second to import, only when asked for
+    )
+
+    require_fitted(model, "kfold")
+    folds = refits.resolve_folds(model.design, k, folds, group_by, random_seed)
+    return refits.kfold_with_folds(
         model, folds, random_seed, draws=draws, tune=tune, chains=chains, client=client, workers=workers,
         **sampler_options,
     )
-
-
-def _kfold(model: "Lmer", folds: np.ndarray, random_seed: int | None, **settings: Any) -> Any:
-    """K-fold cross-validation with given folds (ArviZ ``loo_kfold`` on the compiled weighted model)."""
-    tree = _loo_tree(model)
-    wrapper = _RefitWrapper(model, tree, random_seed, **settings)
-    labels = np.unique(folds)  # ArviZ numbers the folds in this order and refits them in turn
-    wrapper.prefetch([np.flatnonzero(folds == label) for label in labels], f"{len(labels)}-fold cross-validation")
-    result = az.loo_kfold(tree, wrapper, pointwise=True, var_name="y", folds=folds)
-    result.compile_seconds = wrapper.refitter.compile_seconds
-    result.fold_seconds = list(wrapper.seconds)
-    wrapper.warn_divergences("K-fold")
-    return result
-
-
-def _resolve_folds(
-    design: Design, k: int, folds: np.ndarray | None, group_by: str | None, random_seed: int | None
-) -> np.ndarray:
-    if folds is not None:
-        folds = np.asarray(folds).reshape(-1)
-        if len(folds) != design.n_obs:
-            raise ValueError(f"folds must give a fold for each of the {design.n_obs} observations, got {len(folds)}")
-        if len(np.unique(folds)) < 2:
-            raise ValueError("folds must contain at least two distinct folds")
-        return folds
-    if not isinstance(k, int | np.integer):
-        raise ValueError(f"k must be an integer number of folds, got {k!r}")
-    groups = None
-    if group_by is not None:
-        if group_by not in design.data.columns:
-            raise ValueError(
-                f"group_by={group_by!r} is not a column of the model's data; columns: {list(design.data.columns)}"
-            )
-        groups = design.data[group_by].to_numpy()
-    return _make_folds(design.n_obs, int(k), random_seed, groups)
 
 
 # ============================================================================== R-squared
@@ -664,7 +275,7 @@ def r2(model: "Lmer", prob: float = 0.95) -> pd.DataFrame:
         Rows ``marginal`` and ``conditional``; columns ``Estimate`` (posterior mean), the interval
         bounds (e.g. ``2.5_ci``, ``97.5_ci``) and ``SE`` (posterior SD).
     """
-    _require_fitted(model, "r2")
+    require_fitted(model, "r2")
     posterior = model.posterior
     design, family = model.design, model.family
     chains, draws = posterior.sizes["chain"], posterior.sizes["draw"]
@@ -786,16 +397,18 @@ def lrt(
         raise ValueError("choose one of kfold= and reloo=True: K-fold already refits every observation")
     labels = _labels(models, names)
     if kfold is not None:
+        from bayeslmm.analysis import refits
+
         criterion = "kfold"
-        folds = _resolve_folds(models[0].design, kfold, None, None, random_seed)
-        elpds = [_kfold(m, folds, random_seed, **sampler_options) for m in models]
+        folds = refits.resolve_folds(models[0].design, kfold, None, None, random_seed)
+        elpds = [refits.kfold_with_folds(m, folds, random_seed, **sampler_options) for m in models]
     else:
         criterion = "reloo" if reloo else "loo"
         elpds = [_model_loo(m, reloo, random_seed, sampler_options) for m in models]
-    counts = {m.formula: _n_high_k(e) for m, e in zip(models, elpds)}
+    counts = {m.formula: n_high_k(e) for m, e in zip(models, elpds)}
     notes = []
     if criterion != "kfold" and any(counts.values()):
-        message = _high_k_message(counts, call="lrt")
+        message = high_k_message(counts, call="lrt")
         warnings.warn(message, ParetoKWarning, stacklevel=2)
         notes.append(message)
     table = _comparison_table(models, labels, elpds, criterion, method)
@@ -810,9 +423,11 @@ def compare(*models: "Lmer", **options: Any) -> "ModelComparison":
 
 
 def _model_loo(model: "Lmer", reloo: bool, random_seed: int | None, sampler_options: dict) -> Any:
-    result = _psis_loo(_loo_tree(model))
-    if reloo and _n_high_k(result):
-        result = _reloo(model, result, random_seed=random_seed, **sampler_options)
+    result = psis_loo(loo_tree(model))
+    if reloo and n_high_k(result):
+        from bayeslmm.analysis import refits
+
+        result = refits.reloo(model, result, random_seed=random_seed, **sampler_options)
     return result
 
 
@@ -831,8 +446,10 @@ def _labels(models: list["Lmer"], names: list[str] | None) -> list[str]:
 
 def _comparison_table(models: list["Lmer"], labels: list[str], elpds: list, criterion: str, method: str) -> pd.DataFrame:
     """The numbers: ArviZ's compare for differences and weights, ordered by complexity."""
+    import arviz as az
+
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_ARVIZ_K_WARNING)
+        warnings.filterwarnings("ignore", message=ARVIZ_K_WARNING)
         arviz_table = az.compare(dict(zip(labels, elpds)), method=method, round_to="none")
     elpd_col, p_col, ic_col, _ = _CRITERIA[criterion]
     table = pd.DataFrame(
@@ -847,7 +464,7 @@ def _comparison_table(models: list["Lmer"], labels: list[str], elpds: list, crit
             "SE_diff": arviz_table.loc[labels, "dse"].to_numpy(dtype=float),
             "weight": arviz_table.loc[labels, "weight"].to_numpy(dtype=float),
             "n_high_k": pd.array(
-                [pd.NA if criterion == "kfold" else _n_high_k(e) for e in elpds], dtype="Int64"
+                [pd.NA if criterion == "kfold" else n_high_k(e) for e in elpds], dtype="Int64"
             ),
         },
         index=pd.Index(labels, name="model"),
@@ -1028,3 +645,4 @@ class ModelComparison(pd.DataFrame):
 
     def _repr_html_(self) -> str:
         return layout_html(self.summary_parts())
+

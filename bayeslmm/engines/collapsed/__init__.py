@@ -47,7 +47,6 @@ import numpy as np
 import xarray as xr
 
 from bayeslmm.engines.collapsed.imh import IMH_MIN_ACCEPTANCE, find_mode, sample_imh
-from bayeslmm.engines.collapsed.kernels import callbacks
 from bayeslmm.engines.collapsed.packing import (
     Packed,
     pack,
@@ -191,6 +190,8 @@ def sample_marginal(
 
 def density(packed: Packed) -> CallbackDensity:
     """The collapsed log density of ``packed`` as nutpie callbacks."""
+    from bayeslmm.engines.collapsed.kernels import callbacks  # numba: loaded on first use
+
     logp, expand = callbacks()
     arrays = tuple(packed.floats + packed.ints)
     header = np.array([v for a in arrays for v in (a.ctypes.data, a.size)], dtype=np.uint64)

@@ -18,7 +18,7 @@ import threading
 import numpy as np
 import xarray as xr
 
-from bayeslmm.engines.collapsed.kernels import MODE_DRAW, MODE_LOGP, evaluate_many
+from bayeslmm.engines.collapsed.codes import MODE_DRAW, MODE_LOGP
 from bayeslmm.engines.collapsed.packing import Packed
 from bayeslmm.engines.progress import Progress
 
@@ -35,6 +35,8 @@ def _log_density_many(
     compete for the cores. Every row depends only on its own inputs: the result does not depend on
     ``cores``.
     """
+    from bayeslmm.engines.collapsed.kernels import evaluate_many  # numba: loaded on first use
+
     xs = np.ascontiguousarray(xs, dtype=float)
     n = xs.shape[0]
     out = np.empty(n)

@@ -19,12 +19,22 @@ from numba import carray, cfunc, njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from bayeslmm.engines.collapsed.codes import (  # noqa: F401 -- the kernels compile these in
+    EXPONENTIAL,
+    GAMMA,
+    HALF_CAUCHY,
+    HALF_FLAT,
+    HALF_NORMAL,
+    HALF_STUDENT_T,
+    INV_GAMMA,
+    LOG_NORMAL,
+    MODE_DRAW,
+    MODE_GRAD,
+    MODE_LOGP,
+    WEIBULL,
+)
+
 LOG_2PI = math.log(2.0 * math.pi)
-
-# Positive-prior kinds (rows of ``prior_par``: kind, a, b)
-HALF_FLAT, HALF_NORMAL, HALF_STUDENT_T, HALF_CAUCHY, EXPONENTIAL, GAMMA, INV_GAMMA, LOG_NORMAL, WEIBULL = range(9)
-
-MODE_LOGP, MODE_GRAD, MODE_DRAW = 0, 1, 2
 
 
 @njit(cache=True)

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import xarray as xr
 
-from bayeslmm.engines.collapsed.kernels import (
+from bayeslmm.engines.collapsed.codes import (
     EXPONENTIAL,
     GAMMA,
     HALF_CAUCHY,
@@ -30,8 +30,6 @@ from bayeslmm.engines.collapsed.kernels import (
     MODE_GRAD,
     MODE_LOGP,
     WEIBULL,
-    evaluate,
-    evaluate_many,
 )
 from bayeslmm.engines.posterior_names import var_names
 from bayeslmm.spec.design import Design
@@ -118,11 +116,15 @@ class Packed:
 
     def logp(self, x: np.ndarray) -> float:
         """Log posterior density of the unconstrained variance parameters (up to a constant)."""
+        from bayeslmm.engines.collapsed.kernels import evaluate  # numba: loaded on first use
+
         empty = np.zeros(0)
         return evaluate(np.asarray(x, float), MODE_LOGP, np.zeros(self.n_dim), empty, empty, *self.args)
 
     def logp_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         """Log density and its gradient, shape (n_dim,)."""
+        from bayeslmm.engines.collapsed.kernels import evaluate  # numba: loaded on first use
+
         grad = np.zeros(self.n_dim)
         empty = np.zeros(0)
         value = evaluate(np.asarray(x, float), MODE_GRAD, grad, empty, empty, *self.args)
@@ -249,6 +251,8 @@ def posterior_from_theta(
     """
     chains, n_draws, _ = theta.shape
     if gamma is None:
+        from bayeslmm.engines.collapsed.kernels import evaluate_many  # numba: loaded on first use
+
         flat = np.ascontiguousarray(theta.reshape(-1, packed.n_dim))
         z = rng.standard_normal((flat.shape[0], packed.n_gamma))
         gamma = np.zeros_like(z)

@@ -44,13 +44,20 @@ import numpy as np
 from numba import carray, cfunc, njit, types
 
 from bayeslmm.engines.collapsed.kernels import _as_void_pointer, _corr_cholesky, _positive_logp
+from bayeslmm.engines.glmm.codes import (  # noqa: F401 -- the kernels compile these in
+    CLOGLOG,
+    F_CAUCHY,
+    F_NORMAL,
+    F_STUDENT_T,
+    LOGIT,
+    MODE_DRAW,
+    MODE_GRAD,
+    MODE_LOGP,
+    NEGBIN,
+    POISSON,
+    PROBIT,
+)
 
-# families (meta[3])
-LOGIT, PROBIT, CLOGLOG, POISSON, NEGBIN = range(5)
-# fixed-effect prior kinds (rows of fixed_par: kind, a, b, c)
-F_NORMAL, F_STUDENT_T, F_CAUCHY = range(3)
-
-MODE_LOGP, MODE_GRAD, MODE_DRAW = 0, 1, 2
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 

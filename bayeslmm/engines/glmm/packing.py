@@ -21,7 +21,7 @@ import scipy.sparse as sp
 import xarray as xr
 
 from bayeslmm.engines.collapsed.packing import corr_matrices, prior_code
-from bayeslmm.engines.glmm.kernels import (
+from bayeslmm.engines.glmm.codes import (
     CLOGLOG,
     F_CAUCHY,
     F_NORMAL,
@@ -33,8 +33,6 @@ from bayeslmm.engines.glmm.kernels import (
     NEGBIN,
     POISSON,
     PROBIT,
-    evaluate,
-    evaluate_many,
 )
 from bayeslmm.engines.posterior_names import var_names
 from bayeslmm.spec.design import Design
@@ -170,16 +168,22 @@ class Packed:
 
     def logp(self, x: np.ndarray) -> float:
         """Log posterior density at ``x`` (up to a constant)."""
+        from bayeslmm.engines.glmm.kernels import evaluate  # numba: loaded on first use
+
         return evaluate(np.asarray(x, float), MODE_LOGP, np.zeros(self.n_dim), np.zeros(0), *self.args)
 
     def logp_grad(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         """Log density and its gradient, shape (n_dim,)."""
+        from bayeslmm.engines.glmm.kernels import evaluate  # numba: loaded on first use
+
         grad = np.zeros(self.n_dim)
         value = evaluate(np.asarray(x, float), MODE_GRAD, grad, np.zeros(0), *self.args)
         return value, grad
 
     def effects(self, xs: np.ndarray) -> np.ndarray:
         """``(beta_c, b)`` of every row of ``xs`` (draws, n_dim), shape (draws, n_out)."""
+        from bayeslmm.engines.glmm.kernels import evaluate_many  # numba: loaded on first use
+
         xs = np.ascontiguousarray(np.asarray(xs, float).reshape(-1, self.n_dim))
         outs = np.zeros((xs.shape[0], self.n_out))
         evaluate_many(xs, MODE_DRAW, outs, np.empty(xs.shape[0]), *self.args)
