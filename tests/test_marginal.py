@@ -303,3 +303,23 @@ def test_proposal_densities_are_normalised():
 def _sparse_block(block):
     """The block's (n, G k) sparse matrix, group-major (the collapsed sampler's column order)."""
     return block.sparse()
+
+
+def test_precompiled_signatures_are_the_ones_a_fit_uses():
+    """``bayeslmm compile`` is only useful if a fit finds its kernels already compiled: evaluating a
+    packed model after compile_kernels must not add a signature (a new one would compile again for
+    about 20 s). load_dataset's columns are read-only under pandas' copy-on-write: the packed arrays
+    must not be."""
+    from bayeslmm.engines.collapsed.kernels import compile_kernels, evaluate, evaluate_many
+    from bayeslmm.engines.collapsed.packing import pack, posterior_from_theta
+
+    compile_kernels()
+    before = (list(evaluate.signatures), list(evaluate_many.signatures))
+    design, priors = _design("Reaction ~ Days + (Days | Subject)", load_dataset("sleepstudy"))
+    packed = pack(design, priors)
+    assert all(a.flags.writeable and a.flags.c_contiguous for a in packed.floats + packed.ints)
+    x = np.zeros(packed.n_dim)
+    packed.logp(x)
+    packed.logp_grad(x)
+    posterior_from_theta(packed, design, x[None, None], np.random.default_rng(0))
+    assert (list(evaluate.signatures), list(evaluate_many.signatures)) == before

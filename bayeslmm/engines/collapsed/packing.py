@@ -180,8 +180,10 @@ def pack(design: Design, priors: ModelPriors) -> Packed:
         fixed_prec, scal, np.array(prior_rows, dtype=float).reshape(-1), eta,
     ]
     ints = [ptr, col, np.array(meta, dtype=np.int64)]
-    floats = [np.ascontiguousarray(a, dtype=np.float64) for a in floats]
-    ints = [np.ascontiguousarray(a, dtype=np.int64) for a in ints]
+    # fresh, writeable, C-contiguous copies: a read-only array (pandas' copy-on-write hands those
+    # out) would be another numba type, compiled again for ~20 s on the first fit
+    floats = [np.array(a, dtype=np.float64, order="C") for a in floats]
+    ints = [np.array(a, dtype=np.int64, order="C") for a in ints]
     return Packed(floats, ints, x_off, x_offsets, r_offsets, prior_mean, means, intercept, _initial_point(design, x_offsets, x_off))
 
 
