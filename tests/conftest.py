@@ -10,14 +10,13 @@ import pytest
 from bayeslmm import Lmer, load_dataset
 
 
-
 @pytest.fixture(scope="session")
 def sleep() -> pd.DataFrame:
     return load_dataset("sleepstudy")
 
 
-def _fit(formula: str, data: pd.DataFrame, **kwargs) -> Lmer:
-    model = Lmer(formula, data)
+def _fit(formula: str, data: pd.DataFrame, priors: dict | None = None, **kwargs) -> Lmer:
+    model = Lmer(formula, data, priors=priors)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(**kwargs)

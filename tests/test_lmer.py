@@ -305,12 +305,15 @@ def test_sampling_path_choice(fit_model, sleep):
     assert fast.sampler.sampler == "nutpie, marginal"
     full = fit_model("Reaction ~ Days + (1 | Subject)", sleep, draws=100, tune=100, marginalize=False)
     assert full.sampler.sampler == "nutpie"
-    # a non-Normal fixed-effect prior is not conjugate: the full model is used, or refused on request
-    heavy = {"Days": Prior("StudentT", nu=3, mu=0, sigma=10)}
-    model = Lmer("Reaction ~ Days + (1 | Subject)", sleep, priors=heavy)
-    with pytest.raises(ValueError, match="marginalize=True: the collapsed sampler needs"):
+    # a Student-t fixed-effect prior is not conjugate: the exact GLMM engine takes it
+    heavy = fit_model("Reaction ~ Days + (1 | Subject)", sleep, draws=100, tune=100,
+                      priors={"Days": Prior("StudentT", nu=3, mu=0, sigma=10)})
+    assert heavy.sampler.sampler == "nutpie, Laplace-informed parametrization"
+    # a prior neither exact sampler knows: the full model, or refused on request before sampling
+    model = Lmer("Reaction ~ Days + (1 | Subject)", sleep, priors={"Days": Prior("Laplace", mu=0, b=10)})
+    with pytest.raises(ValueError, match="marginalize=True: no exact sampler takes this model"):
         model.fit(marginalize=True)
-    assert not model._uses_collapsed_sampler(None, {})
+    assert model.idata is None
 
 
 def test_large_log_likelihood_is_computed_on_demand(monkeypatch, sleep):

@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pytest
 
-from bayeslmm import Lm, Lm2, Lmer, load_dataset
+from bayeslmm import Lm, Lm2, Lmer, Prior, load_dataset
 
 SMALL = {"draws": 60, "tune": 60, "chains": 2, "random_seed": 2}
 FORMULA = "Reaction ~ Days + (Days | Subject) + (1 | late)"
@@ -31,15 +31,17 @@ def _fit(model, **options):
 
 
 MIXED = {
-    "collapsed NUTS": {},
-    "collapsed independence MH": {"method": "imh"},
-    "full PyMC model (nutpie)": {"marginalize": False},
+    "collapsed NUTS": ({}, None),
+    "collapsed independence MH": ({"method": "imh"}, None),
+    "full PyMC model (nutpie)": ({"marginalize": False}, None),
+    # a Student-t prior: the exact GLMM engine, which takes gaussian models the collapsed sampler cannot
+    "GLMM engine": ({}, {"Days": Prior("StudentT", nu=3, mu=0, sigma=10)}),
 }
 
 
-@pytest.mark.parametrize("options", MIXED.values(), ids=MIXED.keys())
-def test_mixed_model_posterior(sleep, options):
-    model = _fit(Lmer(FORMULA, sleep), **options)
+@pytest.mark.parametrize("options, priors", MIXED.values(), ids=MIXED.keys())
+def test_mixed_model_posterior(sleep, options, priors):
+    model = _fit(Lmer(FORMULA, sleep, priors=priors), **options)
     posterior = model.posterior
     assert set(posterior.data_vars) == {"beta", "sigma", "sd_Subject", "corr_Subject", "ranef_Subject", "sd_late", "ranef_late"}
     expected = {

@@ -26,7 +26,7 @@ class IndependentGLMM:
     priors : bayeslmm ModelPriors
         Read for the distributions' names and parameters; densities come from SciPy.
     family : str
-        ``"binomial"`` (logit link), ``"poisson"`` or ``"negbinomial"``.
+        ``"binomial"`` (logit link), ``"poisson"``, ``"negbinomial"`` or ``"gaussian"``.
     """
 
     def __init__(self, design, priors, family: str):
@@ -51,11 +51,13 @@ class IndependentGLMM:
             self.n_levels.append(block.n_levels)
             self.sd_priors.append(priors.group_sd[block.name]["(Intercept)"].scipy())
         self.fixed_priors = [priors.fixed[t].scipy() for t in design.fixed_terms]
-        self.aux_prior = priors.aux["dispersion"].scipy() if family == "negbinomial" else None
+        aux_name = {"negbinomial": "dispersion", "gaussian": "sigma"}.get(family)
+        self.aux_name = aux_name
+        self.aux_prior = priors.aux[aux_name].scipy() if aux_name else None
         self.p = X.shape[1]
         self.dim = self.p + sum(self.n_levels) + len(self.n_levels) + (1 if self.aux_prior else 0)
 
-    # layout: beta_c (p), z per block, log sd per block, [log dispersion]
+    # layout: beta_c (p), z per block, log sd per block, [log dispersion or log sigma]
     def unpack(self, theta: np.ndarray) -> dict:
         p, out, start = self.p, {}, self.p
         out["beta_c"] = theta[:, :p]
@@ -85,6 +87,10 @@ class IndependentGLMM:
             total += stats.binom.logpmf(self.y, self.trials, mu).sum(axis=1)
         elif self.family == "poisson":
             total += stats.poisson.logpmf(self.y, np.exp(eta)).sum(axis=1)
+        elif self.family == "gaussian":
+            sigma = np.exp(parts["log_r"])
+            total += self.aux_prior.logpdf(sigma) + parts["log_r"]
+            total += stats.norm.logpdf(self.y, eta, sigma[:, None]).sum(axis=1)
         else:
             r = np.exp(parts["log_r"])
             total += self.aux_prior.logpdf(r) + parts["log_r"]
@@ -104,7 +110,7 @@ class IndependentGLMM:
             out[f"sd_{j}"] = sd
             out[f"ranef_{j}"] = sd[:, None] * parts["z"][j]
         if self.aux_prior:
-            out["dispersion"] = np.exp(parts["log_r"])
+            out[self.aux_name] = np.exp(parts["log_r"])
         return out
 
 

@@ -162,15 +162,16 @@ class Lmer(Model):
             (see :func:`bayeslmm.engines.sampling.auto_progressbar`).
         marginalize : bool, optional
             How to sample. ``None`` (default) chooses: gaussian models the collapsed sampler of
-            :mod:`bayeslmm.engines.collapsed` supports (Normal fixed-effect priors, moderate numbers of
-            group effects) integrate the fixed and group effects out exactly, sample only the variance
-            parameters, and draw the effects from their exact conditional (no compilation, about 10x
-            faster); binomial, Poisson and negative binomial models go to the exact GLMM sampler of
-            :mod:`bayeslmm.engines.glmm` (NUTS on the joint posterior in a parametrization informed by
-            the Laplace approximation, compiled once for every model) when their priors are Normal,
-            Student-t or Cauchy on the fixed effects; every other model samples the full PyMC model.
-            ``False`` forces the full PyMC model; ``True`` requires the collapsed (gaussian) or GLMM
-            sampler and raises if it does not apply. All sample the same posterior.
+            :mod:`bayeslmm.engines.collapsed` supports (Normal fixed-effect priors, no offset, moderate
+            numbers of group effects) integrate the fixed and group effects out exactly, sample only
+            the variance parameters, and draw the effects from their exact conditional (no compilation,
+            about 10x faster); binomial, Poisson and negative binomial models, and gaussian models the
+            collapsed sampler cannot take, go to the exact GLMM sampler of :mod:`bayeslmm.engines.glmm`
+            (NUTS on the joint posterior in a parametrization informed by the Laplace approximation,
+            compiled once for every model) when their fixed-effect priors are Normal, Student-t or
+            Cauchy; every other model samples the full PyMC model. ``False`` forces the full PyMC
+            model; ``True`` requires one of the exact samplers and raises if none applies. All sample
+            the same posterior.
         factors, ordered
             New codings of categorical predictors, as in :class:`Lmer` (pymer4 sets them here): the
             design is rebuilt before sampling, and the coefficient names follow.
@@ -195,11 +196,12 @@ class Lmer(Model):
         keep = self._kept_variables()
         options = {k: v for k, v in settings.items() if k not in ("draws", "tune", "chains", "random_seed", "progressbar")}
         base = {k: settings[k] for k in ("draws", "tune", "chains", "random_seed")}
-        if self._uses_collapsed_sampler(marginalize, options):
-            if self.family.name == "gaussian":
-                return collapsed.sample_marginal(
-                    self.design, self.model_priors, keep=keep, progressbar=settings["progressbar"], **base, **options
-                )
+        engine = self._engine(marginalize, options)
+        if engine is collapsed:
+            return collapsed.sample_marginal(
+                self.design, self.model_priors, keep=keep, progressbar=settings["progressbar"], **base, **options
+            )
+        if engine is glmm:
             return glmm.sample_glmm(
                 self.design, self.model_priors, self.family, keep=keep, progressbar=settings["progressbar"],
                 **base, **options,
@@ -213,28 +215,31 @@ class Lmer(Model):
         model = build_model(self.design, self.model_priors, self.family)
         return sample_pymc(model, keep=keep, progressbar=settings["progressbar"], **base, **options)
 
-    def _uses_collapsed_sampler(self, marginalize: bool | None, options: dict) -> bool:
-        """Whether to use one of the compiled-once exact samplers, collapsed or GLMM (see :meth:`fit`)."""
-        if marginalize is False:
-            return False
-        gaussian = self.family.name == "gaussian"
-        engine = collapsed if gaussian else glmm
-        possible = options.get("nuts_sampler", "nutpie") == "nutpie" and engine.supports(
-            self.design, self.model_priors, self.family
-        )
-        if marginalize and not possible:
-            if not gaussian:
-                raise ValueError(
-                    "marginalize=True: the GLMM sampler needs a binomial, poisson or negbinomial family, "
-                    "Normal, StudentT or Cauchy priors on the fixed effects, and nutpie; use "
-                    "marginalize=None to fall back to the full PyMC model automatically"
-                )
+    def _engine(self, marginalize: bool | None, options: dict):
+        """The sampler for this fit (see :meth:`fit`): the collapsed or GLMM module, or None for PyMC.
+
+        Gaussian models take the collapsed sampler when it applies, else the GLMM engine (which has
+        the exact joint posterior too, and none of the full model's divergences near the boundary);
+        the other families take the GLMM engine. Everything else is the full PyMC model.
+        """
+        if marginalize is False or options.get("nuts_sampler", "nutpie") != "nutpie":
+            if marginalize:
+                raise ValueError("marginalize=True needs nutpie: drop nuts_sampler= or use marginalize=None")
+            return None
+        candidates = (collapsed, glmm) if self.family.name == "gaussian" else (glmm,)
+        for engine in candidates:
+            if engine.supports(self.design, self.model_priors, self.family):
+                return engine
+        if marginalize:
             raise ValueError(
-                "marginalize=True: the collapsed sampler needs a gaussian family, Normal priors on the "
-                f"fixed effects, nutpie, and at most {collapsed.MAX_DENSE} fixed effects plus group effects "
-                "outside the largest block; use marginalize=None to fall back to the full model automatically"
+                "marginalize=True: no exact sampler takes this model. The collapsed sampler needs a gaussian "
+                "family, Normal priors on the fixed effects and no offset; the GLMM sampler needs a "
+                "gaussian, binomial, poisson or negbinomial family and Normal, StudentT or Cauchy priors "
+                "on the fixed effects; both need at least one random-effects term and SD priors other "
+                "than InverseGamma(mu, sigma). Use marginalize=None to fall back to the full PyMC model "
+                "automatically"
             )
-        return possible
+        return None
 
     def _kept_variables(self) -> list[str]:
         names = ["beta"] + list(self.family.aux)

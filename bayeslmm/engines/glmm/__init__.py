@@ -1,12 +1,17 @@
 """Exact NUTS for generalized linear mixed models (binomial, Poisson, negative binomial), compiled once.
 
+It also takes gaussian models that the collapsed sampler of :mod:`bayeslmm.engines.collapsed` cannot
+(Student-t or Cauchy fixed-effect priors, an offset, too many group effects outside the largest block):
+they would otherwise go to the full PyMC model, whose non-centred parametrization diverges and
+understates posterior SDs when a grouping factor has few levels.
+
 What is sampled
 ---------------
 The joint posterior of the fixed effects ``beta``, every group effect ``b``, the variance parameters
 (log SDs and Stan's unconstrained correlation parameters of each block) and, for the negative
-binomial, the log dispersion: nothing is integrated out or approximated. The log density and its
-gradient are one numba function (:mod:`bayeslmm.engines.glmm.kernels`) compiled once and cached on
-disk for every model, handed to nutpie as a C callback, as the collapsed Gaussian sampler does: no
+binomial, the log dispersion (for the gaussian, the log residual SD): nothing is integrated out or
+approximated. The log density and its gradient are one numba function
+(:mod:`bayeslmm.engines.glmm.kernels`) compiled once and cached on disk for every model, handed to nutpie as a C callback, as the collapsed Gaussian sampler does: no
 per-model compilation and no Python in the sampling loop. Priors are exactly those of
 :class:`~bayeslmm.spec.priors.ModelPriors` (fixed-effect priors on the centred scale, the SD priors,
 LKJ(eta) for correlated blocks, the family's dispersion prior), so the posterior is that of the PyMC
@@ -93,10 +98,11 @@ SAMPLER_LABEL = "nutpie, Laplace-informed parametrization"
 def supports(design: Design, priors: ModelPriors, family) -> bool:
     """Whether :func:`sample_glmm` can fit this model.
 
-    True for the binomial (logit, probit, cloglog), Poisson and negative binomial (log link) families
-    with at least one random block, Normal, Student-t or Cauchy priors on the fixed effects, and SD
-    and dispersion priors of the kinds the kernel knows (every positive distribution but the
-    InverseGamma in its (mu, sigma) form).
+    True for the binomial (logit, probit, cloglog), Poisson and negative binomial (log link) and
+    gaussian (identity link) families with at least one random block, Normal, Student-t or Cauchy
+    priors on the fixed effects, and SD, dispersion and sigma priors of the kinds the kernel knows
+    (every positive distribution but the InverseGamma in its (mu, sigma) form). Gaussian models go
+    here only when the collapsed sampler cannot take them (see :meth:`bayeslmm.Lmer.fit`).
     """
     if family_code(family) is None or not design.blocks:
         return False

@@ -9,10 +9,11 @@ file: after changing a value here, touch ``kernels.py`` (or clear the cache) so 
 
 from bayeslmm.engines.collapsed.codes import MODE_DRAW, MODE_GRAD, MODE_LOGP
 
-__all__ = ["LOGIT", "PROBIT", "CLOGLOG", "POISSON", "NEGBIN", "F_NORMAL", "F_STUDENT_T", "F_CAUCHY",
+__all__ = ["LOGIT", "PROBIT", "CLOGLOG", "POISSON", "NEGBIN", "GAUSSIAN", "F_NORMAL", "F_STUDENT_T", "F_CAUCHY",
            "MODE_LOGP", "MODE_GRAD", "MODE_DRAW"]
 
-#: Families and links (``meta[3]``).
-LOGIT, PROBIT, CLOGLOG, POISSON, NEGBIN = range(5)
+#: Families and links (``meta[3]``). The negative binomial's auxiliary parameter is its dispersion,
+#: the gaussian's its residual SD ``sigma``.
+LOGIT, PROBIT, CLOGLOG, POISSON, NEGBIN, GAUSSIAN = range(6)
 #: Fixed-effect prior kinds (first column of the rows of ``fixed_par``: kind, a, b, c).
 F_NORMAL, F_STUDENT_T, F_CAUCHY = range(3)

@@ -11,7 +11,7 @@ Parameter vector ``x``::
     x[xoff_j : ...]        per block: k_j SD parameters (log sd, or sd = scale softplus(x) for
                            light-tailed priors: :func:`_sd_transform`), then k_j (k_j - 1) / 2
                            unconstrained correlation parameters (Stan's canonical partial correlations)
-    x[aux_off]             log dispersion (negative binomial only)
+    x[aux_off]             log dispersion (negative binomial) or log sigma (gaussian); absent otherwise
     x[zoff_j : ...]        per block: z (G_j k_j), level-major
 
 Blocks are stored in processing order (fewest effects first): each block's levels are conditioned on
@@ -49,6 +49,7 @@ from bayeslmm.engines.glmm.codes import (  # noqa: F401 -- the kernels compile t
     F_CAUCHY,
     F_NORMAL,
     F_STUDENT_T,
+    GAUSSIAN,
     LOGIT,
     MODE_DRAW,
     MODE_GRAD,
@@ -90,16 +91,26 @@ def _log_ndtr_and_ratio(x):
 
 @njit(cache=True)
 def _row_loglik(family, y, trials, eta, r, d):
-    """Sum over rows of the log-likelihood (up to terms constant in the parameters) and, for the
-    negative binomial, ``sum_i [log(r + mu_i) + (r + y_i) / (r + mu_i)]`` (for its derivative in ``r``);
-    ``d`` gets d loglik / d eta per row. The negative binomial's gamma-function terms are left to
-    :func:`_nb_gamma_terms` (they depend on the counts only through their distinct values).
+    """Sum over rows of the log-likelihood (up to terms constant in the parameters) and ``extra``, with
+    which the log-likelihood's derivative in the auxiliary parameter ``r`` is ``d_r - extra`` (``d_r``
+    from :func:`_nb_gamma_terms` for the negative binomial, 0 otherwise); ``d`` gets d loglik / d eta
+    per row. For the negative binomial ``extra = sum_i [log(r + mu_i) + (r + y_i) / (r + mu_i)]`` and its
+    gamma-function terms are left to :func:`_nb_gamma_terms` (they depend on the counts only through their
+    distinct values); for the gaussian (``r = sigma``) ``extra = n / sigma - sum_i (y_i - eta_i)^2 / sigma^3``.
 
     ``log(1 + t)`` is used instead of ``log1p(t)`` for ``t`` in (0, 1]: its absolute error (what a log
     density needs) is below 1e-16, and it is several times faster.
     """
     n = eta.shape[0]
     total = 0.0
+    if family == GAUSSIAN:
+        inv_var = 1.0 / (r * r)
+        ss = 0.0
+        for i in range(n):
+            e = y[i] - eta[i]
+            ss += e * e
+            d[i] = e * inv_var
+        return -0.5 * ss * inv_var - n * math.log(r), n / r - ss * inv_var / r
     if family == LOGIT:
         for i in range(n):
             e = eta[i]
@@ -391,7 +402,7 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
         for i in range(d_all):
             grad[i] = 0.0
     logp = 0.0
-    # ---- dispersion
+    # ---- auxiliary parameter: negative binomial dispersion or gaussian sigma
     r = 1.0
     if aux_off >= 0:
         r = math.exp(x[aux_off])
@@ -598,7 +609,8 @@ def evaluate(x, mode, grad, out, y, trials, offset, X, Zv, H, c, A, cval, bhat, 
     d = np.empty(n)
     value, extra = _row_loglik(family, y, trials, eta, r, d)
     logp += value
-    if aux_off >= 0:
+    d_r = 0.0
+    if family == NEGBIN:
         half = ytab.shape[0] // 2
         value, d_r = _nb_gamma_terms(r, n, ytab[half:], ytab[:half])
         logp += value

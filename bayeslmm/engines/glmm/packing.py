@@ -26,6 +26,7 @@ from bayeslmm.engines.glmm.codes import (
     F_CAUCHY,
     F_NORMAL,
     F_STUDENT_T,
+    GAUSSIAN,
     LOGIT,
     MODE_DRAW,
     MODE_GRAD,
@@ -64,7 +65,13 @@ def family_code(family) -> int | None:
         return POISSON
     if name == "negbinomial" and link == "log":
         return NEGBIN
+    if name == "gaussian" and link == "identity":
+        return GAUSSIAN
     return None
+
+
+#: Families with an auxiliary parameter sampled on the log scale: its name in the posterior.
+AUX_NAMES = {NEGBIN: "dispersion", GAUSSIAN: "sigma"}
 
 
 def fixed_prior_code(prior: Prior) -> tuple[int, float, float, float] | None:
@@ -99,7 +106,8 @@ class Reference:
     cov_beta : ndarray, shape (p, p)
         Laplace covariance of the centred fixed effects, the group effects integrated out.
     dispersion : float
-        Negative binomial dispersion (1 for other families).
+        The auxiliary parameter at the mode: negative binomial dispersion, gaussian sigma (1 for
+        other families).
     precision : scipy.sparse.csc_matrix
         The penalized information ``U'WU + blockdiag(prior precision of beta, Sigma_j^{-1} (x) I)`` at
         the mode, columns ``[beta, block 0, block 1, ...]``: the precision of the Laplace approximation.
@@ -132,7 +140,7 @@ class Packed:
     b_offsets : list of int
         Offset of each block's effects in ``b`` (laid out in :func:`processing_order`).
     aux_offset : int or None
-        Offset of the log dispersion.
+        Offset of the log auxiliary parameter (negative binomial dispersion, gaussian sigma).
     init : ndarray, shape (n_dim,)
         The reference point in ``x``.
     reference : Reference
@@ -193,6 +201,8 @@ class Packed:
 # ----------------------------------------------------------------------------------- reference point
 def _moments(family, code: int, y, trials, eta, r):
     """Fisher weights and d loglik / d eta per row at ``eta``."""
+    if code == GAUSSIAN:
+        return np.full(y.shape, 1.0 / r**2), (y - eta) / r**2
     if code in (POISSON, NEGBIN):
         mu = np.exp(np.minimum(eta, 700.0))
         if code == POISSON:
@@ -209,13 +219,16 @@ def _moments(family, code: int, y, trials, eta, r):
 
 def _loglik_total(family, code: int, y, trials, eta, r) -> float:
     mu = family.inverse_link(eta)
+    aux = {name: np.asarray(r) for name in family.aux}
     with np.errstate(all="ignore"):
-        values = family.log_likelihood(y, mu, {"dispersion": np.asarray(r)}, trials=trials if code <= CLOGLOG else None)
+        values = family.log_likelihood(y, mu, aux, trials=trials if code <= CLOGLOG else None)
     total = float(np.sum(values))
     return total if math.isfinite(total) else -math.inf
 
 
 def _start_eta(code: int, y, trials, family) -> np.ndarray:
+    if code == GAUSSIAN:
+        return np.asarray(y, float).copy()
     if code in (POISSON, NEGBIN):
         return np.log(y + 0.5)
     return family.link((y + 0.5) / (trials + 1.0))
@@ -262,9 +275,11 @@ def laplace_reference(design: Design, priors: ModelPriors, family) -> Reference:
         kind, x1, x2, x3 = fixed_prior_code(priors.fixed[term]) or (F_NORMAL, 0.0, 10.0, 0.0)
         loc, scale = (x1, x2) if kind in (F_NORMAL, F_CAUCHY) else (x2, x3)
         prior_mean[a], prior_prec[a] = loc, 1.0 / scale**2
+    # the link scale is that of the response for gaussian models, O(1) for the others
+    unit = (float(np.std(y)) or 1.0) if code == GAUSSIAN else 1.0
     floors = [np.array([MIN_REFERENCE_SD / (float(np.std(b.Z[:, t])) or 1.0) for t in range(b.n_terms)]) for b in blocks]
-    cov = [np.diag(np.maximum(0.5, f) ** 2) for f in floors]
-    r = 10.0 if code == NEGBIN else 1.0
+    cov = [np.diag(np.maximum(0.5 * unit, f) ** 2) for f in floors]
+    r = {NEGBIN: 10.0, GAUSSIAN: 0.5 * unit}.get(code, 1.0)
     largest = int(np.argmax(q_sizes))
     lo = p + int(sum(q_sizes[:largest]))
     eliminate = (lo, lo + q_sizes[largest], blocks[largest].n_terms)
@@ -279,6 +294,8 @@ def laplace_reference(design: Design, priors: ModelPriors, family) -> Reference:
         eta = offset + U @ gamma
         if code == NEGBIN:
             r = _nb_dispersion(y, np.exp(np.minimum(eta, 700.0)), r)
+        elif code == GAUSSIAN:  # the residual SD at the mode, kept away from 0 (a perfect fit)
+            r = max(float(np.sqrt(np.mean((y - eta) ** 2))), 1e-3 * unit)
         weights, score = _moments(family, code, y, trials, eta, r)
         if step == EM_STEPS:
             break
@@ -499,8 +516,8 @@ def _pack(design: Design, priors: ModelPriors, family) -> Packed:
     for j in order:
         x_offsets[j] = xoff
         xoff += blocks[j].n_theta
-    aux_offset = xoff if code == NEGBIN else None
-    zoff = xoff + (1 if code == NEGBIN else 0)
+    aux_offset = xoff if code in AUX_NAMES else None
+    zoff = xoff + (1 if code in AUX_NAMES else 0)
     H_parts, c_parts, A_parts, bref_parts = [], [], [], []
     cptr, ccol, cval = [0], [], []
     prior_rows, meta_blocks, z_offsets, b_offsets = [], [], [0] * J, [0] * J
@@ -529,9 +546,9 @@ def _pack(design: Design, priors: ModelPriors, family) -> Packed:
         coff += G * k
         kcol += k
     aux_row = -1
-    if code == NEGBIN:
+    if code in AUX_NAMES:
         aux_row = len(prior_rows)
-        prior_rows.append(prior_code(priors.aux["dispersion"]) + (0.0,))
+        prior_rows.append(prior_code(priors.aux[AUX_NAMES[code]]) + (0.0,))
     n_dim = zoff
     fixed_par = np.array([fixed_prior_code(priors.fixed[t]) for t in design.fixed_terms], dtype=float).reshape(-1)
     beta_par = _fixed_map(ref, [ref.cov[j] for j in order], _cat(H_parts), _cat(A_parts), _cat(bref_parts), meta_blocks, p)
@@ -543,8 +560,10 @@ def _pack(design: Design, priors: ModelPriors, family) -> Packed:
         np.array(prior_rows, dtype=float).reshape(-1), eta_lkj, np.concatenate([values, counts]).astype(float),
     ]
     ints = [gidx.reshape(-1), np.array(cptr), np.array(ccol), np.array(meta)]
-    floats = [np.ascontiguousarray(a, dtype=np.float64) for a in floats]
-    ints = [np.ascontiguousarray(a, dtype=np.int64) for a in ints]
+    # fresh, writeable, C-contiguous copies: a read-only array (pandas' copy-on-write hands those
+    # out) would be another numba type, compiled again for ~20 s on the first fit
+    floats = [np.array(a, dtype=np.float64, order="C") for a in floats]
+    ints = [np.array(a, dtype=np.int64, order="C") for a in ints]
     init = np.zeros(n_dim)
     for block, off, S in zip(blocks, x_offsets, ref.cov):
         scales = [_sd_prior_row(priors.group_sd[block.name][t])[3] for t in block.terms]
@@ -673,7 +692,7 @@ def posterior_from_draws(packed: Packed, design: Design, family, xs: np.ndarray)
     coords: dict[str, Any] = {"chain": np.arange(chains), "draw": np.arange(n_draws), "fixed_term": list(design.fixed_terms)}
     data = {"beta": (("chain", "draw", "fixed_term"), beta.reshape(*shape, p))}
     if packed.aux_offset is not None:
-        data["dispersion"] = (("chain", "draw"), np.exp(xs[..., packed.aux_offset]))
+        data[AUX_NAMES[family_code(family)]] = (("chain", "draw"), np.exp(xs[..., packed.aux_offset]))
     for j, (block, off, start) in enumerate(zip(design.blocks, packed.x_offsets, packed.b_offsets)):
         names, k, G = var_names(block), block.n_terms, block.n_levels
         coords[names["level"]] = list(block.levels)
