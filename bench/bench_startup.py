@@ -4,10 +4,11 @@ Run with ``.venv/bin/python bench/bench_startup.py [--repeats 5]``. Every measur
 Python process and reports the median wall time of ``--repeats`` runs; the bayeslmm and Bambi scripts
 alternate, so that a busier moment of the machine hits both alike.
 
-- ``import bayeslmm`` and ``bayeslmm --help``;
+- ``import bayeslmm``, ``from bayeslmm import Lmer, compare`` and ``bayeslmm --help``;
 - the whole process of a script that imports, fits sleepstudy's ``Reaction ~ Days + (Days | Subject)``
   (4 chains x 1000 draws after 1000 tuning steps) and prints ``coefs``, against the same script with
-  Bambi + nutpie, and the ratio;
+  Bambi + nutpie, and the ratio; then both again with dask hidden, as in an installation without
+  the ``dask`` extra (xarray imports dask on the first Dataset whenever it is installed);
 - Lm and Lm2 (complete and no pooling) on sleepstudy, fit time inside a warm process;
 - the first fit after a fresh install: numba's kernel cache emptied (a temporary ``NUMBA_CACHE_DIR``),
   then the same after ``bayeslmm compile`` (what ``scripts/bootstrap.sh`` runs at installation).
@@ -45,6 +46,9 @@ idata = model.fit(draws=1000, tune=1000, chains=4, inference_method="nutpie", ra
 print(az.summary(idata, var_names=["Intercept", "Days"]))
 """
 
+# as if dask were not installed (xarray then skips it)
+HIDE_DASK = "import sys; sys.modules['dask'] = None\n"
+
 POOLING_SCRIPT = """
 import time, warnings; warnings.simplefilter("ignore")
 from bayeslmm import Lm, Lm2, load_dataset
@@ -75,15 +79,18 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; median of {repeats}")
 
     print(f"import bayeslmm:             {median_of(repeats, [PYTHON, '-c', 'import bayeslmm']):.3f} s")
+    models = [PYTHON, "-c", "from bayeslmm import Lmer, compare"]
+    print(f"from bayeslmm import Lmer, compare: {median_of(repeats, models):.3f} s")
     cli = [PYTHON, "-m", "bayeslmm", "--help"]
     print(f"bayeslmm --help:             {median_of(repeats, cli):.3f} s")
 
-    ours, theirs = [], []
-    for _ in range(repeats):  # alternate, so that both see the same machine
-        ours.append(wall([PYTHON, "-c", BAYESLMM_SCRIPT]))
-        theirs.append(wall([PYTHON, "-c", BAMBI_SCRIPT]))
-    a, b = statistics.median(ours), statistics.median(theirs)
-    print(f"whole process, sleepstudy:   bayeslmm {a:.2f} s, Bambi+nutpie {b:.2f} s, ratio {b / a:.1f}x")
+    for label, prefix in (("", ""), (" (no dask)", HIDE_DASK)):
+        ours, theirs = [], []
+        for _ in range(repeats):  # alternate, so that both see the same machine
+            ours.append(wall([PYTHON, "-c", prefix + BAYESLMM_SCRIPT]))
+            theirs.append(wall([PYTHON, "-c", prefix + BAMBI_SCRIPT]))
+        a, b = statistics.median(ours), statistics.median(theirs)
+        print(f"whole process, sleepstudy{label}: bayeslmm {a:.2f} s, Bambi+nutpie {b:.2f} s, ratio {b / a:.1f}x")
 
     out = subprocess.run([PYTHON, "-c", POOLING_SCRIPT], check=True, capture_output=True, text=True, cwd=ROOT)
     for line in out.stdout.split("\n"):
