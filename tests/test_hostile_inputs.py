@@ -67,6 +67,11 @@ def _round_trip(model):
         return load(model.save(Path(folder) / "model.zarr"))
 
 
+def _three_groups() -> pd.DataFrame:
+    """sleepstudy with a 3-level factor ``g`` of 6 subjects each."""
+    return SLEEP.assign(g=(pd.factorize(SLEEP["Subject"])[0] % 3).astype(str))
+
+
 def _interaction_data() -> pd.DataFrame:
     """36 distinct (a, b) pairs whose ':'-joined labels collide pairwise, and an int 1 next to a str '1'."""
     rng = np.random.default_rng(0)
@@ -190,6 +195,17 @@ CASES: dict[str, Case] = {
     "Lm with random effects": Case(lambda: Lm("Reaction ~ Days + (1|Subject)", SLEEP), FormulaError, "use Lmer"),
     "Lm2 with an unknown group": Case(lambda: Lm2("Reaction ~ Days", SLEEP, group="subject"), DataError, "did you mean 'Subject'"),
     "unsupported family": Case(lambda: Lmer("Reaction ~ Days + (1|Subject)", SLEEP, family="weibull"), UnsupportedSyntaxError, "weibull"),
+    # issue 12 #19: near the boundary the full PyMC model diverged; exact samplers take these models now
+    "Student-t prior, 3-level grouping factor": Case(
+        lambda: _fit(Lmer("Reaction ~ Days + g + (1|g)", _three_groups(),
+                          priors={"Days": Prior("StudentT", nu=3, mu=0, sigma=10)}), draws=300, tune=300, chains=2),
+        check=lambda m: m.sampler.sampler.endswith("Laplace-informed parametrization")
+        and int(m.idata["sample_stats"]["diverging"].sum()) == 0,
+    ),
+    "marginalize=True with a prior no exact sampler knows": Case(
+        lambda: Lmer("Reaction ~ Days + (1|Subject)", SLEEP, priors={"Days": Prior("Laplace", mu=0, b=10)}).fit(marginalize=True),
+        ValueError, "no exact sampler takes this model",
+    ),
 }
 
 
