@@ -147,6 +147,19 @@ def test_cbpp_response_and_pearson_residuals(logit, cbpp):
     assert list(data.columns[-3:]) == ["fits", "residuals", "pearson_residuals"]
 
 
+def test_cbpp_wald_chisquare_test_of_a_factor_against_car(logit):
+    """car::Anova(glmer(...), type = 3) with lme4 1.1-31: period Chisq 25.48818 on 3 df, p 1.2205e-05."""
+    from bayeslmm.spec.hypotheses import type3_hypotheses
+
+    test = logit.wald_test(type3_hypotheses(logit.design, logit.family)["period"])
+    _digits(test["Chisq"], 25.48818)
+    assert test["Df"] == 3
+    _digits(test["P-val"], 1.2205e-05)
+    # one coefficient: the square of its Wald z
+    single = logit.wald_test(np.eye(4)[[1]])
+    assert single["Chisq"] == pytest.approx(logit.coefs.loc["period[2]", "Z-stat"] ** 2, rel=1e-12)
+
+
 def test_cbpp_summary_reads_like_glmer(logit):
     text = str(logit.summary())
     for piece in [

@@ -8,6 +8,7 @@ fails such a check about once in 16,000 runs).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bayeslmm import DataError, FormulaError, Lmer, UnsupportedSyntaxError, fit_many, load_dataset, power
+from bayeslmm import DataError, FormulaError, Lmer, Prior, UnsupportedSyntaxError, fit_many, load_dataset, power
 from bayeslmm.analysis.calibration import simulation_based_calibration
 from bayeslmm.analysis.comparison import kfold
 from bayeslmm.analysis.pooling import compare_variance_components
@@ -278,8 +279,70 @@ def test_power_refuses_bad_input_before_any_fit(slopes, sleep):
     factor = sleep.assign(arm=np.where(sleep["Subject"] % 3 == 0, "a", np.where(sleep["Subject"] % 3 == 1, "b", "c")))
     with pytest.raises(DataError, match=r"'arm' has 2 columns \['arm\[b\]', 'arm\[c\]'\]"):
         power(Lmer("Reaction ~ arm + (1 | Subject)", factor), "arm", 1.0)
-    with pytest.raises(UnsupportedSyntaxError, match="gaussian"):
-        power(Lmer("y ~ x + (1 | g)", _between_design().assign(y=np.arange(48) % 2), family="binomial"), "x", 1.0)
+    with pytest.raises(UnsupportedSyntaxError, match="exact sampler"):
+        power(slopes, "Days", 1.0, priors={"Days": Prior("Laplace", mu=0, b=1)})
+    binary = _between_design().assign(y=np.arange(48) % 2)
+    with pytest.raises(DataError, match="differs from the model's 'binomial'"):
+        power(Lmer("y ~ x + (1 | g)", binary, family="binomial"), "x", 1.0, family="poisson")
+    with pytest.raises(DataError, match="sigma= is not a parameter of the binomial family"):
+        power(Lmer("y ~ x + (1 | g)", binary, family="binomial"), "x", 1.0, sigma=1.0)
+    with pytest.raises(DataError, match=r"must hold the columns of the response 'cbind\(y, n - y\)'.*missing \['y'\]"):
+        power("cbind(y, n - y) ~ x + (1 | g)", "x", 1.0, data=_between_design().assign(n=5), family="binomial",
+              covariances={"g": 1.0}, fixed={"(Intercept)": 0.0})
+    with pytest.raises(DataError, match="give dispersion"):
+        power("y ~ x + (1 | g)", "x", 1.0, data=_between_design(), family="negbinomial", covariances={"g": 1.0},
+              fixed={"(Intercept)": 0.0})
+
+
+# ============================================================================== power of GLMMs
+def test_glmm_power_is_the_wald_test_of_each_seeded_data_set():
+    """Binomial (cbind) and Poisson designs: each simulation's p-value is the Wald z test (one column) or
+    Wald chi-square test (a factor) of the Laplace fit of the data its seed gives, fitted here anew."""
+    from bayeslmm.results.frequentist import fit_frequentist
+    from bayeslmm.spec.families import get_family
+
+    data = _between_design(12, 3).assign(n=5, arm=lambda d: np.array(["a", "b", "c"])[d["g"] % 3])
+    cases = [
+        ("cbind(y, n - y) ~ x + (1 | g)", "binomial", "x", 1.0, np.array([-0.5, 1.0]), "z"),
+        ("y ~ arm + (1 | g)", "poisson", "arm", {"arm[b]": 0.5, "arm[c]": 1.0}, np.array([0.2, 0.5, 1.0]), "chisq"),
+    ]
+    for formula, family, term, effect, beta, test in cases:
+        frame = data.assign(y=np.arange(len(data)) % 2)
+        curve = _quiet(power, formula, term, effect, n_sims=3, random_seed=7, data=frame, family=family,
+                       fixed={"(Intercept)": beta[0]}, covariances={"g": 0.3}, workers=1, draws=150, tune=150)
+        assert curve.settings["test"] == test and curve.settings["family"] == family
+        design = build_design(parse_formula(formula), frame, get_family(family))
+        truth = TrueParameters(beta, (np.array([[0.3]]),), {})
+        for j, row in curve.simulations.iterrows():
+            rng = np.random.default_rng(np.random.SeedSequence(7, spawn_key=(12, j)))
+            simulated = dataclasses.replace(design, y=simulate_response(design, truth, rng, get_family(family)))
+            fit = _quiet(fit_frequentist, simulated, family=get_family(family))
+            if test == "z":
+                expected = fit.coefs.loc["x", "P-val"]
+                assert row["statistic"] == pytest.approx(fit.coefs.loc["x", "Z-stat"], rel=1e-6) and row["DF"] == np.inf
+            else:
+                expected = fit.wald_test(np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))["P-val"]
+                assert row["DF"] == 2
+            assert row["p_value"] == pytest.approx(expected, rel=1e-6)
+            assert row["reject"] == (expected < 0.05) and np.isfinite(row["R_hat"])
+        assert "GLMM engine" in repr(curve) and "Wald" in repr(curve)
+
+
+def test_glmm_power_from_a_model_uses_its_laplace_fit_and_dispersion():
+    """A negative binomial model: simulated from its ML estimates, dispersion included, unless given."""
+    grouse = load_dataset("grouseticks")
+    model = Lmer("TICKS ~ YEAR + (1 | LOCATION)", grouse, family="negbinomial")
+    fitted = model.fit_frequentist()
+    curve = _quiet(power, model, "YEAR[96]", 1.0, along={"LOCATION": [10]}, n_sims=2, random_seed=2, workers=1,
+                   draws=150, tune=150)
+    parameters = curve.settings["parameters"]
+    assert curve.settings["source"] == "Laplace (ML) fit of the model" and curve.settings["test"] == "z"
+    assert parameters.aux == pytest.approx(fitted.aux)
+    assert parameters.beta[list(model.design.fixed_terms).index("YEAR[96]")] == 1.0
+    given = _quiet(power, model, "YEAR[96]", 1.0, along={"LOCATION": [10]}, n_sims=1, random_seed=2, workers=1,
+                   dispersion=2.5, draws=150, tune=150)
+    assert given.settings["parameters"].aux == {"dispersion": 2.5}
+    assert curve.table["n_sims"].tolist() == [2]
 
 
 # ============================================================================== simulation and extension

@@ -7,11 +7,14 @@ simulated (:func:`bayeslmm.spec.simulate.simulate_response`) on the design exten
 levels of the grouping factor (:func:`bayeslmm.spec.simulate.extend_data`, simr's ``extend``), each is
 fitted twice, and the table reports per size
 
-- **power**: the share of REML fits whose t-test of the term (Satterthwaite df, as lmerTest and simr's
-  default ``fixed(term, "t")`` test do) has ``p < alpha``;
+- **power**: the share of frequentist fits whose test of the term has ``p < alpha``: for gaussian
+  models the REML t test (Satterthwaite df, as lmerTest and simr's default ``fixed(term, "t")`` test
+  do), for binomial, Poisson and negative binomial models the Wald z test of the Laplace fit (as
+  ``summary(glmer)`` and simr's ``fixed(term, "z")``);
 - **assurance**: the share of Bayesian fits whose central ``prob`` interval of the term excludes 0
-  (the collapsed sampler, 2 chains x 500 draws after 500 tuning steps by default, with the priors a
-  user fitting that data set would get: the defaults scaled to it, and the model's ``priors=``);
+  (an exact sampler: the collapsed one for gaussian models, the GLMM engine otherwise; 2 chains x 500
+  draws after 500 tuning steps by default, with the priors a user fitting that data set would get:
+  the defaults scaled to it, and the model's ``priors=``);
 - the mean **width** of that interval (precision planning),
 
 each with a Monte Carlo 95% interval (Clopper-Pearson for the shares, t for the mean width), so that
@@ -22,9 +25,10 @@ numbers do not depend on the other sizes asked for, nor on where the fits ran.
 
 A term with several columns (a factor with several levels, or an interaction with one) is tested as
 a whole: by lmerTest's F test of its Type III hypothesis (Satterthwaite denominator df, as
-``anova(model)``), and in the Bayesian fit by whether the posterior's central ``prob`` ellipsoid of the
-same contrasts (Mahalanobis distance from the posterior mean) excludes 0. The model must be gaussian
-without an offset (the REML engine and the collapsed sampler).
+``anova(model)``) for gaussian models, by the Wald chi-square test of the same hypothesis for the other
+families (as ``car::Anova(type = 3)`` for glmer), and in the Bayesian fit by whether the posterior's
+central ``prob`` ellipsoid of the same contrasts (Mahalanobis distance from the posterior mean)
+excludes 0. Gaussian models must have no offset (the REML engine has none).
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.analysis.anova import joint_pd
-from bayeslmm.engines import collapsed
+from bayeslmm.engines import collapsed, glmm
 from bayeslmm.engines.executor import TaskFailure, check_executor_arguments, run_tasks, task_threads
 from bayeslmm.engines.sampling import check_random_seed, check_sampler_arguments
 from bayeslmm.errors import DataError, UnsupportedSyntaxError
@@ -80,6 +84,8 @@ def power(
     fixed: dict[str, float] | None = None,
     covariances: dict[str, Any] | None = None,
     sigma: float | None = None,
+    dispersion: float | None = None,
+    family: str | None = None,
     priors: dict | None = None,
     draws: int = BAYES_SETTINGS["draws"],
     tune: int = BAYES_SETTINGS["tune"],
@@ -93,12 +99,15 @@ def power(
     Parameters
     ----------
     model : Lmer or str
-        A model (fitted or not): the data are simulated from its REML estimates (fixed effects,
-        covariances of the group effects, residual SD), on its design. Or a formula, with ``data``,
-        ``fixed``, ``covariances`` and ``sigma`` giving the design and every parameter.
+        A model (fitted or not): the data are simulated from its frequentist estimates (REML for
+        gaussian models, the Laplace fit for the others: fixed effects, covariances of the group
+        effects, residual SD or dispersion), on its design. Or a formula, with ``data``, ``fixed``,
+        ``covariances`` (and ``sigma`` or ``dispersion`` where the family has one) giving the design
+        and every parameter.
     term : str
-        A column of the fixed-effects matrix, e.g. ``"Days"`` or ``"group[b]"`` (t test of that
-        coefficient), or a term of the formula with several columns, e.g. ``"group"`` (F test of all).
+        A column of the fixed-effects matrix, e.g. ``"Days"`` or ``"group[b]"`` (t or z test of that
+        coefficient), or a term of the formula with several columns, e.g. ``"group"`` (F or Wald
+        chi-square test of all).
     effect : float or dict of str to float
         The coefficient in the simulations (the other parameters as estimated or given); for a term with
         several columns, one per column, e.g. ``{"group[b]": 2.0, "group[c]": 4.0}``.
@@ -111,7 +120,7 @@ def power(
         Simulated data sets per size (the Monte Carlo error of a power near 0.8 is about
         ``sqrt(0.16 / n_sims)``: 0.028 for 200).
     alpha : float
-        Level of the two-sided t-test.
+        Level of the two-sided test.
     random_seed : int, optional
         Seeds every simulation and fit; None draws one (kept in ``attrs["random_seed"]``).
     prob : float
@@ -126,7 +135,14 @@ def power(
         variance for a one-term block or a k x k matrix in the block's term order, as lme4's ``VarCorr``);
         with a formula every block, with a model those to change.
     sigma : float, optional
-        Residual SD; required with a formula.
+        Residual SD of a gaussian model; required with a gaussian formula.
+    dispersion : float, optional
+        Dispersion of a negative binomial model (NB2: variance ``mu + mu^2 / dispersion``); required
+        with a negative binomial formula.
+    family : str, optional
+        With a formula: its family, ``"gaussian"`` (default), ``"binomial"`` (a 0/1 response, or
+        ``cbind(successes, failures)`` whose trials the data hold), ``"poisson"`` or
+        ``"negbinomial"``. A model brings its own.
     priors : dict, optional
         ``priors=`` overrides of the Bayesian fits (with a model: its own by default).
     draws, tune, chains : int
@@ -148,7 +164,7 @@ def power(
         ``term`` is not a single column, ``along`` is not a grouping factor, a parameter is missing or
         misnamed, or the data cannot carry the formula.
     UnsupportedSyntaxError
-        A model that is not gaussian, or has an offset.
+        A gaussian model with an offset, or priors that no exact sampler takes.
     ValueError, TypeError
         Bad numbers (``n_sims``, ``alpha``, ``prob``, sizes, sampler settings, seed) or executor arguments.
 
@@ -161,10 +177,11 @@ def power(
     _check_numbers(n_sims, alpha, prob)
     check_sampler_arguments(draws, tune, chains)
     check_executor_arguments(client, workers)
-    base, family = _base_spec(model, data, priors)
+    base, family = _base_spec(model, data, priors, family)
     design = base.design()
     effects = _effects(design, term, effect)
-    parameters = _parameters(model, design, {**(fixed or {}), **effects}, covariances, sigma)
+    given_aux = {name: value for name, value in (("sigma", sigma), ("dispersion", dispersion)) if value is not None}
+    parameters = _parameters(model, design, family, {**(fixed or {}), **effects}, covariances, given_aux)
     factor, sizes = _sizes(design, along)
     nested = _nested_factors(design, factor)
     specs, hypotheses = {}, {}
@@ -189,8 +206,10 @@ def power(
     n_obs = {size: spec.design().n_obs for size, spec in specs.items()}
     table = _curve_table(simulations, sizes, n_obs, n_sims, factor)
     settings = {
-        "term": term, "effect": effects, "test": "t" if hypotheses[sizes[0]] is None else "F", "alpha": alpha, "prob": prob, "n_sims": n_sims, "factor": factor,
-        "formula": base.formula, "source": "REML fit of the model" if not isinstance(model, str) else "given parameters",
+        "term": term, "effect": effects, "test": _test_name(family, hypotheses[sizes[0]] is None), "alpha": alpha,
+        "prob": prob, "n_sims": n_sims, "factor": factor, "family": family.name, "formula": base.formula,
+        "source": "given parameters" if isinstance(model, str) else
+        "REML fit of the model" if family.name == "gaussian" else "Laplace (ML) fit of the model",
         "bayes": dict(plan.bayes), "random_seed": entropy, "executor": run.executor, "seconds": run.seconds,
         "parameters": parameters,
     }
@@ -210,14 +229,26 @@ def _finite(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float | np.number) and math.isfinite(value)
 
 
-def _base_spec(model: Any, data: Any, priors: dict | None) -> tuple[ModelSpec, Family]:
+def _test_name(family: Family, one_column: bool) -> str:
+    """The frequentist test: ``t`` or ``F`` (gaussian, Satterthwaite), ``z`` or ``chisq`` (Wald)."""
+    if family.name == "gaussian":
+        return "t" if one_column else "F"
+    return "z" if one_column else "chisq"
+
+
+def _base_spec(model: Any, data: Any, priors: dict | None, family: str | None = None) -> tuple[ModelSpec, Family]:
     """The specification the simulations start from: the model's (or a formula's) design."""
     if isinstance(model, str):
         if data is None:
             raise DataError("power from a formula needs data= (the design: predictors and grouping factors)")
-        family = get_family("gaussian")
+        family = get_family(family or "gaussian")
         spec = _spec(model, data, family, priors)
     elif hasattr(model, "design") and hasattr(model, "fit_frequentist"):
+        if family is not None and get_family(family).name != model.family.name:
+            raise DataError(
+                f"power: family={family!r} differs from the model's {model.family.name!r}; a model brings its "
+                "own family (family= is for a formula)"
+            )
         family = model.family
         overrides = model.prior_overrides if priors is None else priors
         spec = ModelSpec.from_model(model)
@@ -230,26 +261,29 @@ def _base_spec(model: Any, data: Any, priors: dict | None) -> tuple[ModelSpec, F
     return spec, family
 
 
-def _parameters(model: Any, design, fixed: dict, covariances: dict | None, sigma: float | None) -> TrueParameters:
-    """The true parameters: given ones over the model's REML estimates (a formula: all must be given)."""
+def _parameters(model: Any, design, family: Family, fixed: dict, covariances: dict | None, given_aux: dict) -> TrueParameters:
+    """The true parameters: given ones over the model's frequentist estimates (a formula: all must be given)."""
+    wrong = [name for name in given_aux if name not in family.aux]
+    if wrong:
+        has = f"its parameter is {list(family.aux)[0]!r}" if family.aux else "it has none besides the effects"
+        raise DataError(f"power: {' and '.join(wrong)}= is not a parameter of the {family.name} family; {has}")
     if isinstance(model, str):
-        missing = [name for name, value in (("covariances", covariances), ("sigma", sigma)) if value is None]
-        if missing:
+        needed = ["covariances"] * (covariances is None) + [name for name in family.aux if name not in given_aux]
+        if needed:
             raise DataError(
-                f"power from a formula needs every parameter: give {' and '.join(missing)} (the fixed effects "
-                "by fixed=, the tested term's by effect), or pass a model, whose REML estimates are used"
+                f"power from a formula needs every parameter: give {' and '.join(needed)} (the fixed effects "
+                "by fixed=, the tested term's by effect), or pass a model, whose estimates are used"
             )
-        estimated: dict = {}
-        covs: dict = {}
-        residual = None
+        estimated, covs, aux = {}, {}, {}
     else:
-        truth = model.fit_frequentist(REML=True).parameters()
+        truth = model.fit_frequentist().parameters()
         estimated = dict(zip(model.design.fixed_terms, truth.beta))
         covs = {block.name: cov for block, cov in zip(model.design.blocks, truth.covariances)}
-        residual = truth.aux["sigma"]
+        aux = dict(truth.aux)
     beta = _fixed_vector(design, fixed, estimated)
     covs = _covariance_list(design, covs | dict(covariances or {}))
-    return TrueParameters(beta, covs, {"sigma": _positive(sigma, "sigma") if sigma is not None else residual})
+    aux |= {name: _positive(value, name) for name, value in given_aux.items()}
+    return TrueParameters(beta, covs, aux)
 
 
 def _spec(formula: str, data: Any, family: Family, priors: dict | None, factors: dict | None = None,
@@ -259,29 +293,43 @@ def _spec(formula: str, data: Any, family: Family, priors: dict | None, factors:
     from bayeslmm.spec.formula import parse_formula
 
     frame = to_pandas(data)
-    response = parse_formula(formula).response
-    if response not in frame.columns:
-        frame[response] = np.linspace(-1.0, 1.0, len(frame))  # never used: every response is simulated
+    parsed = parse_formula(formula)
+    response = parsed.response
+    if parsed.binomial is not None:  # cbind(successes, failures): the trials come from these columns
+        from bayeslmm.spec.expressions import columns
+
+        missing = sorted({name for part in parsed.binomial for name in columns(part)} - set(frame.columns))
+        if missing:
+            raise DataError(
+                f"power from a formula: data= must hold the columns of the response {response!r} (any valid values: "
+                f"the response is simulated, but binomial trials are read from them); missing {missing}"
+            )
+    elif response not in frame.columns:  # never used: every response is simulated
+        placeholder = np.linspace(-1.0, 1.0, len(frame)) if family.name == "gaussian" else np.arange(len(frame)) % 2
+        frame[response] = placeholder
     return ModelSpec(formula, frame, family, priors, factors=factors, ordered=ordered)
 
 
 def _check_supported(spec: ModelSpec, family: Family) -> None:
-    """Gaussian, no offset, and the collapsed sampler applies (built here: data errors come now)."""
-    if family.name != "gaussian":
-        raise UnsupportedSyntaxError(
-            f"power simulates and refits gaussian models (REML and the collapsed sampler); family {family.name!r} "
-            "is not supported yet"
-        )
+    """An exact sampler takes the model, and a gaussian one has no offset (built here: data errors come now)."""
     design = spec.design()
-    if design.offset is not None:
-        raise UnsupportedSyntaxError("power: models with an offset are not supported (the collapsed sampler has none)")
+    if family.name == "gaussian" and design.offset is not None:
+        raise UnsupportedSyntaxError("power: gaussian models with an offset are not supported (the REML engine has none)")
     if not design.blocks:
         raise DataError(f"power: formula {spec.formula!r} has no random-effects term such as '(1 | group)'")
-    if not collapsed.supports(design, spec.model_priors(), family):
+    if _bayes_engine(design, spec.model_priors(), family) is None:
         raise UnsupportedSyntaxError(
-            "power's Bayesian fits use the collapsed sampler, which needs Normal priors on the fixed effects and "
-            f"at most {collapsed.MAX_DENSE} effects outside the largest block; change priors= or the design"
+            "power's Bayesian fits use an exact sampler (the collapsed one or the GLMM engine), which needs Normal, "
+            "StudentT or Cauchy priors on the fixed effects and SD priors other than InverseGamma(mu, sigma); "
+            "change priors="
         )
+
+
+def _bayes_engine(design, priors, family: Family):
+    """The exact sampler of one simulated data set: collapsed for gaussian models it takes, else GLMM."""
+    if family.name == "gaussian" and collapsed.supports(design, priors, family):
+        return collapsed
+    return glmm if glmm.supports(design, priors, family) else None
 
 
 def _effects(design, term: str, effect: Any) -> dict[str, float]:
@@ -404,26 +452,22 @@ _RESULT_COLUMNS = [
 
 
 def _simulate_and_fit(plan: _Plan, task: tuple[int, int], seed: np.random.SeedSequence) -> dict[str, Any]:
-    """Simulate one data set at ``task``'s size, fit it by REML and by the collapsed sampler."""
+    """Simulate one data set at ``task``'s size, fit it as lme4 would and by an exact sampler."""
     size, _ = task
     spec = plan.specs[size]
     design = spec.design()
     rng = np.random.default_rng(seed)
     simulated = dataclasses.replace(design, y=simulate_response(design, plan.parameters, rng, spec.family))
-    freq = fit_frequentist(simulated, REML=True)
+    freq = fit_frequentist(simulated, family=spec.family)
+    estimate, se, statistic, df, p = _frequentist_test(freq, plan.term, plan.hypotheses[size])
     L = plan.hypotheses[size]
-    if L is None:  # one coefficient: lmerTest's t test
-        row = freq.coefs.loc[plan.term]
-        estimate, se, statistic, df, p = (float(row[c]) for c in ("Estimate", "SE", "T-stat", "DF", "P-val"))
-    else:  # several: lmerTest's F test of the Type III hypothesis
-        test = contrast_f_test(freq.reml, L)
-        estimate, se, statistic, df, p = np.nan, np.nan, test["F-stat"], test["DenomDF"], test["P-val"]
     priors = default_priors(simulated, spec.priors, spec.family)
     threads = task_threads()
-    tree, _ = collapsed.sample_marginal(
-        simulated, priors, random_seed=int(rng.integers(2**32)), **plan.bayes,
-        **({} if threads is None else {"cores": threads}),
-    )
+    options = {"random_seed": int(rng.integers(2**32)), **plan.bayes, **({} if threads is None else {"cores": threads})}
+    if _bayes_engine(simulated, priors, spec.family) is collapsed:
+        tree, _ = collapsed.sample_marginal(simulated, priors, **options)
+    else:
+        tree, _ = glmm.sample_glmm(simulated, priors, spec.family, **options)
     beta = summaries.stack_draws(tree["posterior"].to_dataset(), "beta")
     bayes = summaries.summarize(beta[..., plan.columns], pd.Index(plan.columns), prob=plan.prob)
     low, high = summaries.interval_columns(plan.prob)
@@ -444,6 +488,20 @@ def _simulate_and_fit(plan: _Plan, task: tuple[int, int], seed: np.random.SeedSe
 
 
 # ============================================================================== the curve
+def _frequentist_test(freq, term: str, L: np.ndarray | None) -> tuple[float, float, float, float, float]:
+    """(estimate, SE, statistic, df, p) of the term's test; df is inf for Wald z, NaN estimates for several columns."""
+    if L is None:  # one coefficient: lmerTest's t test, or glmer's Wald z
+        row = freq.coefs.loc[term]
+        if "T-stat" in row.index:
+            return tuple(float(row[c]) for c in ("Estimate", "SE", "T-stat", "DF", "P-val"))
+        return float(row["Estimate"]), float(row["SE"]), float(row["Z-stat"]), math.inf, float(row["P-val"])
+    if freq.glmm:  # several: the Wald chi-square test of the Type III hypothesis
+        test = freq.wald_test(L)
+        return np.nan, np.nan, test["Chisq"], test["Df"], test["P-val"]
+    test = contrast_f_test(freq.reml, L)  # lmerTest's F test
+    return np.nan, np.nan, test["F-stat"], test["DenomDF"], test["P-val"]
+
+
 def _curve_table(simulations: pd.DataFrame, sizes: list[int], n_obs: dict, n_sims: int, factor: str) -> pd.DataFrame:
     from scipy import stats
 
@@ -490,11 +548,12 @@ class PowerCurve:
         One row per size (index: the number of levels of the factor), columns ``n_obs``, ``n_sims``
         (fits that succeeded), ``n_failed``, ``power`` with ``power_2.5_ci`` and ``power_97.5_ci`` (its
         Monte Carlo interval), ``assurance`` with its interval, ``width`` (mean width of the Bayesian
-        interval) with its interval, ``n_singular`` and ``n_not_converged`` (REML fits), ``n_divergent``
+        interval) with its interval, ``n_singular`` and ``n_not_converged`` (frequentist fits), ``n_divergent``
         (Bayesian fits with divergences).
     simulations : pandas.DataFrame
-        One row per simulated data set: ``size``, ``simulation``, REML ``estimate``, ``SE``,
-        ``statistic`` (t, or F for a term with several columns), ``DF``, ``p_value``, ``reject``,
+        One row per simulated data set: ``size``, ``simulation``, the frequentist ``estimate``, ``SE``,
+        ``statistic`` (t or z, or F or chi-square for a term with several columns), ``DF`` (inf for
+        z), ``p_value``, ``reject``,
         ``converged``, ``singular``, and the Bayesian ``bayes_estimate`` (posterior mean),
         ``bayes_lower``, ``bayes_upper``, ``excludes_zero``, ``width``, ``R_hat`` (the largest of the
         term's columns), ``divergences``. Estimates and interval ends are NaN for a term with several
@@ -502,8 +561,8 @@ class PowerCurve:
     failures : list of TaskFailure
         Simulations whose fit raised, with their seeds (left out of the table; a warning says how many).
     settings : dict
-        ``term``, ``effect`` (``{column: value}``), ``test`` (``"t"`` or ``"F"``), ``alpha``, ``prob``,
-        ``n_sims``, ``factor``, ``formula``, ``source``, ``bayes`` (sampler settings), ``random_seed``,
+        ``term``, ``effect`` (``{column: value}``), ``test`` (``"t"``, ``"F"``, ``"z"`` or ``"chisq"``),
+        ``alpha``, ``prob``, ``n_sims``, ``factor``, ``family``, ``formula``, ``source``, ``bayes`` (sampler settings), ``random_seed``,
         ``executor``, ``seconds``, ``parameters``.
     """
 
@@ -527,16 +586,19 @@ class PowerCurve:
         s = self.settings
         low, high = summaries.interval_columns(MC_LEVEL)
         b = s["bayes"]
-        if s["test"] == "t":
-            test, region = "t test with Satterthwaite df, two-sided", "interval"
-        else:
-            test, region = "F test of the Type III hypothesis with Satterthwaite df", "ellipsoid of the term's contrasts"
+        test, region = {
+            "t": ("REML t test with Satterthwaite df, two-sided", "interval"),
+            "F": ("REML F test of the Type III hypothesis with Satterthwaite df", "ellipsoid of the term's contrasts"),
+            "z": ("Wald z test of the Laplace fit, two-sided", "interval"),
+            "chisq": ("Wald chi-square test of the Type III hypothesis (Laplace fit)", "ellipsoid of the term's contrasts"),
+        }[s["test"]]
+        sampler = "collapsed sampler" if s.get("family", "gaussian") == "gaussian" else "GLMM engine"
         header = [
             "Power by simulation (bayeslmm)",
             f"Formula: {s['formula']}; parameters: {s['source']}",
             f"Effect: {effect_text(s)}; {s['n_sims']} simulated data sets per number of {s['factor']} levels",
-            f"Power: REML {test}, p < {s['alpha']:g}. Assurance: the {100 * s['prob']:g}% posterior {region} "
-            f"excludes 0 (collapsed sampler, {b['chains']} chains x {b['draws']} draws after {b['tune']} tuning)",
+            f"Power: {test}, p < {s['alpha']:g}. Assurance: the {100 * s['prob']:g}% posterior {region} "
+            f"excludes 0 ({sampler}, {b['chains']} chains x {b['draws']} draws after {b['tune']} tuning)",
             f"Ran on {s['executor']} in {s['seconds']:.1f} s; random_seed={s['random_seed']}",
         ]
         t = self.table

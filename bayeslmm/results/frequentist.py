@@ -214,6 +214,27 @@ class FrequentistResult:
         rows = [contrast_t_test(self.reml, l) for l in L]
         return pd.DataFrame(rows, columns=["Estimate", "SE", "DF", "T-stat", "P-val"], index=index)
 
+    def wald_test(self, L: np.ndarray) -> dict[str, float]:
+        """The Wald chi-square test of ``L beta = 0`` jointly (``car::Anova(type = 3)`` for a glmer fit).
+
+        Parameters
+        ----------
+        L : ndarray, shape (r, p)
+            Linearly independent rows.
+
+        Returns
+        -------
+        dict
+            ``Chisq`` (``(L beta)' (L V L')^{-1} (L beta)`` with ``V`` the fixed effects' covariance),
+            ``Df`` (``r``), ``P-val`` (upper chi-square tail).
+        """
+        from scipy import stats
+
+        L = np.atleast_2d(np.asarray(L, dtype=float))
+        estimate = L @ self.beta
+        chisq = float(estimate @ np.linalg.solve(L @ self.vcov.to_numpy() @ L.T, estimate))
+        return {"Chisq": chisq, "Df": float(L.shape[0]), "P-val": float(stats.chi2.sf(chisq, L.shape[0]))}
+
     def anova(self, force_orthogonal: bool = False) -> pd.DataFrame:
         """Type III ANOVA table with Satterthwaite denominator df, as lmerTest's ``anova(model)``.
 
@@ -245,7 +266,7 @@ class FrequentistResult:
             raise UnsupportedSyntaxError(
                 f"anova(): the Type III F tests with Satterthwaite df are for gaussian models; for this "
                 f"{self.family.name} model use the Wald z tests of coefs, test_contrasts(L) for a combination "
-                "of coefficients, or compare nested models with lrt"
+                "of coefficients, wald_test(L) for several jointly, or compare nested models with lrt"
             )
         rows = {term: contrast_f_test(self.reml, L) for term, L in type3_hypotheses(self.design).items()}
         table = pd.DataFrame.from_dict(rows, orient="index", columns=["SS", "MS", "NumDF", "DenomDF", "F-stat", "P-val"])
