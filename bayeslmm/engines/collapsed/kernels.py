@@ -5,8 +5,10 @@ Everything here takes only flat NumPy arrays. Array layout (``meta``, int64):
     meta[0:4] = p, n_blocks, e (the eliminated block), R (size of the dense Schur part)
     meta[4 + 5 j : 9 + 5 j] = k_j, G_j, roff_j (offset in the r-set, -1 for e), xoff_j, prior row
 
-Parameter vector x: log sigma, then per block log sd (k_j) and k_j (k_j - 1) / 2 unconstrained
-correlation parameters (Stan's canonical partial correlations through tanh). The mathematics is in the
+Parameter vector x: log sigma, then per block k_j SD parameters (log sd, or sd = scale softplus(x) for
+light-tailed priors: :func:`_sd_transform`) and k_j (k_j - 1) / 2 unconstrained correlation parameters
+(Stan's canonical partial correlations through tanh). Prior rows in ``prior_par`` are (kind, a, b,
+scale of the SD's softplus transform, 0 for exp); row 0 is sigma's, always on the log scale. The mathematics is in the
 docstring of :mod:`bayeslmm.engines.collapsed`.
 """
 
@@ -59,6 +61,32 @@ def _positive_logp(kind, a, b, x):
         t = (x / b) ** a
         return (a - 1.0) * math.log(x) - t, (a - 1.0) / x - a * t / x
     return 0.0, 0.0
+
+
+@njit(cache=True)
+def _sd_transform(x, scale):
+    """An SD from its unconstrained parameter: ``exp(x)`` when ``scale`` is 0, else
+    ``scale * softplus(x)``; returns the SD, its derivative, the log-Jacobian and the latter's derivative.
+
+    ``exp`` suits priors with heavy upper tails; for light-tailed priors (half-normal, exponential) the
+    log density in ``log sd`` falls doubly exponentially (its curvature grows like ``sd^2``), which no
+    fixed NUTS step survives, while in ``x`` with ``sd = scale softplus(x)`` it is linear below the
+    scale (``sd ~ scale e^x``) and Gaussian or linear above it.
+    """
+    if scale == 0.0:
+        sd = math.exp(x)
+        return sd, sd, x, 1.0
+    if x > 0.0:
+        e = math.exp(-x)
+        softplus = x + math.log(1.0 + e)
+        sig = 1.0 / (1.0 + e)
+        log_sig = -math.log(1.0 + e)
+    else:
+        e = math.exp(x)
+        softplus = math.log1p(e)  # once per SD and evaluation: full relative precision is cheap here
+        sig = e / (1.0 + e)
+        log_sig = x - softplus
+    return scale * softplus, scale * sig, math.log(scale) + log_sig, 1.0 - sig
 
 
 @njit(cache=True)
@@ -232,7 +260,7 @@ def evaluate(x, mode, grad, z, gamma, Arr, Aee, Aer_val, Aer_ptr, Aer_col, ce, c
     Arr : (R * R,) U_r' U_r.  Aee : (G_e k_e k_e,) diagonal blocks of U_e' U_e.
     Aer_val : (nnz k_e,) U_e' U_r in block-CSR, with Aer_ptr (G_e + 1,) and Aer_col (nnz,).
     ce : (G_e k_e,) and cr : (R,)  U' r.    fixed_prec : (p,) prior precisions of the fixed effects.
-    scal : [r'r, n, sum log fixed_prec].    prior_par : (n_priors * 3,).    eta : (n_blocks,).
+    scal : [r'r, n, sum log fixed_prec].    prior_par : (n_priors * 4,).    eta : (n_blocks,).
     meta : int64, see the module docstring.
 
     Returns
@@ -253,11 +281,12 @@ def evaluate(x, mode, grad, z, gamma, Arr, Aee, Aer_val, Aer_ptr, Aer_col, ce, c
     Ps = np.zeros((nb, kmax, kmax))
     Sig = np.zeros((nb, kmax, kmax))
     sds = np.zeros((nb, kmax))
+    dsds = np.zeros((nb, kmax))
     mmax = kmax * (kmax - 1) // 2
     dLs = np.zeros((nb, max(mmax, 1), kmax, kmax))
     dlogjs = np.zeros((nb, max(mmax, 1)))
     logp = 0.0
-    kind0 = int(prior_par[0])
+    kind0 = int(prior_par[0])  # sigma: x[0] = log sigma
     lp, dlp = _positive_logp(kind0, prior_par[1], prior_par[2], sig)
     logp += lp + x[0]
     if mode == MODE_GRAD:
@@ -267,13 +296,14 @@ def evaluate(x, mode, grad, z, gamma, Arr, Aee, Aer_val, Aer_ptr, Aer_col, ce, c
     for j in range(nb):
         k, G, xoff, prow = meta[4 + 5 * j], meta[5 + 5 * j], meta[7 + 5 * j], meta[8 + 5 * j]
         for t in range(k):
-            sd = math.exp(x[xoff + t])
-            sds[j, t] = sd
             row = prow + t
-            lp, dlp = _positive_logp(int(prior_par[3 * row]), prior_par[3 * row + 1], prior_par[3 * row + 2], sd)
-            logp += lp + x[xoff + t]
+            sd, dsd, logj, dlogj_sd = _sd_transform(x[xoff + t], prior_par[4 * row + 3])
+            sds[j, t] = sd
+            dsds[j, t] = dsd
+            lp, dlp = _positive_logp(int(prior_par[4 * row]), prior_par[4 * row + 1], prior_par[4 * row + 2], sd)
+            logp += lp + logj
             if mode == MODE_GRAD:
-                grad[xoff + t] += sd * dlp + 1.0
+                grad[xoff + t] += dsd * dlp + dlogj_sd
         Lj = Ls[j, :k, :k]
         if k > 1:
             m = k * (k - 1) // 2
@@ -400,7 +430,7 @@ def evaluate(x, mode, grad, z, gamma, Arr, Aee, Aer_val, Aer_ptr, Aer_col, ce, c
         _draw(z, gamma, LS, mu_r, Lg, Minv, ce, Aer_val, Aer_ptr, Aer_col, s2, R, Ge, ke)
     if mode != MODE_GRAD:
         return logp
-    _gradient(grad, sig, s2, n, rr, quad, mu_r, mu_e, LS, Minv, W, Aer_ptr, Aer_col, fixed_prec, Ps, Sig, Ls, sds, dLs, meta)
+    _gradient(grad, sig, s2, n, rr, quad, mu_r, mu_e, LS, Minv, W, Aer_ptr, Aer_col, fixed_prec, Ps, Sig, Ls, sds, dsds, dLs, meta)
     return logp
 
 
@@ -425,7 +455,7 @@ def _draw(z, gamma, LS, mu_r, Lg, Minv, ce, Aer_val, Aer_ptr, Aer_col, s2, R, Ge
 
 
 @njit(cache=True)
-def _gradient(grad, sig, s2, n, rr, quad, mu_r, mu_e, LS, Minv, W, Aer_ptr, Aer_col, fixed_prec, Ps, Sig, Ls, sds, dLs, meta):
+def _gradient(grad, sig, s2, n, rr, quad, mu_r, mu_e, LS, Minv, W, Aer_ptr, Aer_col, fixed_prec, Ps, Sig, Ls, sds, dsds, dLs, meta):
     """Add the gradient of the log marginal likelihood to ``grad`` (EM identities, no n-sized work).
 
     With T_j = sum_g (M^{-1})_gg and Q_j = sum_g mu_g mu_g' over block j's groups,
@@ -495,7 +525,7 @@ def _gradient(grad, sig, s2, n, rr, quad, mu_r, mu_e, LS, Minv, W, Aer_ptr, Aer_
             s = 0.0
             for b in range(k):
                 s += GF[a, b] * L[a, b]
-            grad[xoff + a] += sds[j, a] * s
+            grad[xoff + a] += dsds[j, a] * s  # d sd / d x times d logp / d sd
         m = k * (k - 1) // 2
         for mm in range(m):
             s = 0.0

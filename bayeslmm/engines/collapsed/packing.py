@@ -66,6 +66,39 @@ def prior_code(prior: Prior) -> tuple[int, float, float] | None:
     return None
 
 
+# SD priors whose upper tail is light (log density falling at least linearly in the SD) get SDs
+# ``scale * softplus(x)`` (see ``kernels._sd_transform``; both samplers use it); the others ``exp(x)``.
+def sd_prior_row(prior: Prior) -> tuple[float, float, float, float]:
+    """``(kind, a, b, scale)``: the kernel's prior code and the scale of the SD's transform (0: exp)."""
+    kind, a, b = prior_code(prior)
+    d = prior.distribution
+    scale = 0.0
+    if d == "HalfNormal":
+        scale = a
+    elif d == "Exponential":
+        scale = 1.0 / a
+    elif d == "Gamma" and b > 0:
+        scale = max(a, 1.0) / b
+    elif d == "Weibull" and a >= 1.0:
+        scale = b
+    return float(kind), float(a), float(b), float(scale)
+
+
+def sd_forward(x: np.ndarray, scale: float) -> np.ndarray:
+    """The SD from its unconstrained parameter (``exp`` or ``scale * softplus``), vectorised."""
+    x = np.asarray(x, dtype=float)
+    return np.exp(x) if scale == 0.0 else scale * np.logaddexp(0.0, x)
+
+
+def sd_inverse(sd: float, scale: float) -> float:
+    """The unconstrained parameter of an SD (inverse of :func:`sd_forward`)."""
+    if scale == 0.0:
+        return math.log(sd)
+    ratio = sd / scale
+    return ratio + math.log(-math.expm1(-ratio))
+
+
+
 @dataclass
 class Packed:
     """The model as flat arrays for the kernel, plus what is needed to map draws back.
@@ -74,13 +107,13 @@ class Packed:
     ----------
     floats : list of ndarray
         ``Arr (R*R), Aee (G_e k_e k_e), Aer_val (nnz k_e), ce (G_e k_e), cr (R), fixed_prec (p),
-        scal (3), prior_par (3 n_priors), eta (n_blocks)``.
+        scal (3), prior_par (4 n_priors: kind, a, b, SD transform scale), eta (n_blocks)``.
     ints : list of ndarray
         ``Aer_ptr (G_e + 1), Aer_col (nnz), meta``.
     n_dim : int
         Length of the unconstrained parameter vector.
     x_offsets : list of int
-        Offset of each block's ``log sd`` in ``x``.
+        Offset of each block's SD parameters in ``x``.
     r_offsets : list of int
         Offset of each block's effects in ``gamma`` (the eliminated block after the R r-set columns).
     prior_mean : ndarray, shape (p,)
@@ -91,6 +124,8 @@ class Packed:
         Position of the intercept when the predictors are centred.
     init : ndarray, shape (n_dim,)
         A starting point.
+    sd_scales : list of list of float
+        Per block and term, the scale of the SD's softplus transform (0: the SD is ``exp(x)``).
     """
 
     floats: list
@@ -102,6 +137,7 @@ class Packed:
     means: np.ndarray
     intercept: int | None
     init: np.ndarray
+    sd_scales: list
 
     @property
     def args(self) -> tuple:
@@ -168,11 +204,12 @@ def pack(design: Design, priors: ModelPriors) -> Packed:
             Aee[:, a, b] = np.bincount(ge, weights=Ze[:, a] * Ze[:, b], minlength=Ge)
     ptr, col, val = _block_csr((Ue.T @ Ur).tocoo(), ke, Ge, R)
 
-    prior_rows = [prior_code(priors.sigma)]
+    prior_rows = [prior_code(priors.sigma) + (0.0,)]  # sigma: always log sigma
     meta = [p, len(blocks), e, R]
     for j, block in enumerate(blocks):
         meta += [block.n_terms, block.n_levels, -1 if j == e else r_offsets[j], x_offsets[j], len(prior_rows)]
-        prior_rows += [prior_code(priors.group_sd[block.name][t]) for t in block.terms]
+        prior_rows += [sd_prior_row(priors.group_sd[block.name][t]) for t in block.terms]
+    sd_scales = [[sd_prior_row(priors.group_sd[b.name][t])[3] for t in b.terms] for b in blocks]
     eta = np.array([priors.eta.get(b.name, 1.0) for b in blocks], dtype=float)
     scal = np.array([resid @ resid, float(n), float(np.sum(np.log(fixed_prec)))])
     floats = [
@@ -184,7 +221,8 @@ def pack(design: Design, priors: ModelPriors) -> Packed:
     # out) would be another numba type, compiled again for ~20 s on the first fit
     floats = [np.array(a, dtype=np.float64, order="C") for a in floats]
     ints = [np.array(a, dtype=np.int64, order="C") for a in ints]
-    return Packed(floats, ints, x_off, x_offsets, r_offsets, prior_mean, means, intercept, _initial_point(design, x_offsets, x_off))
+    init = _initial_point(design, x_offsets, x_off, sd_scales)
+    return Packed(floats, ints, x_off, x_offsets, r_offsets, prior_mean, means, intercept, init, sd_scales)
 
 
 def _block_csr(A: sp.coo_matrix, ke: int, Ge: int, R: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -202,15 +240,15 @@ def _block_csr(A: sp.coo_matrix, ke: int, Ge: int, R: int) -> tuple[np.ndarray, 
     return ptr, (unique % R).astype(np.int64), val
 
 
-def _initial_point(design: Design, x_offsets: list, n_dim: int) -> np.ndarray:
+def _initial_point(design: Design, x_offsets: list, n_dim: int, sd_scales: list) -> np.ndarray:
     """Half the response SD for sigma and each group SD (scaled by the predictor's spread), no correlation."""
     y_sd = float(np.std(design.y)) or 1.0
     x = np.zeros(n_dim)
     x[0] = math.log(0.5 * y_sd)
-    for block, off in zip(design.blocks, x_offsets):
+    for block, off, scales in zip(design.blocks, x_offsets, sd_scales):
         for t in range(block.n_terms):
             spread = float(np.std(block.Z[:, t])) or 1.0
-            x[off + t] = math.log(0.5 * y_sd / spread)
+            x[off + t] = sd_inverse(0.5 * y_sd / spread, scales[t])
     return x
 
 
@@ -218,9 +256,9 @@ def _initial_point(design: Design, x_offsets: list, n_dim: int) -> np.ndarray:
 def unpack_theta(packed: Packed, design: Design, theta: np.ndarray) -> dict[str, np.ndarray]:
     """sigma, SDs and correlation matrices from unconstrained draws ``theta`` (..., n_dim)."""
     out = {"sigma": np.exp(theta[..., 0])}
-    for block, off in zip(design.blocks, packed.x_offsets):
+    for block, off, scales in zip(design.blocks, packed.x_offsets, packed.sd_scales):
         k = block.n_terms
-        out[f"sd_{block.name}"] = np.exp(theta[..., off:off + k])
+        out[f"sd_{block.name}"] = np.stack([sd_forward(theta[..., off + t], scales[t]) for t in range(k)], axis=-1)
         if k > 1:
             out[f"corr_{block.name}"] = corr_matrices(theta[..., off + k:off + k + k * (k - 1) // 2], k)
     return out

@@ -43,7 +43,7 @@ import math
 import numpy as np
 from numba import carray, cfunc, njit, types
 
-from bayeslmm.engines.collapsed.kernels import _as_void_pointer, _corr_cholesky, _positive_logp
+from bayeslmm.engines.collapsed.kernels import _as_void_pointer, _corr_cholesky, _positive_logp, _sd_transform
 from bayeslmm.engines.glmm.codes import (  # noqa: F401 -- the kernels compile these in
     CLOGLOG,
     F_CAUCHY,
@@ -241,32 +241,6 @@ def _lower_inverse(L, Li, k):
 
 
 # ----------------------------------------------------------------------------------- the density
-@njit(cache=True)
-def _sd_transform(x, scale):
-    """An SD from its unconstrained parameter: ``exp(x)`` when ``scale`` is 0, else
-    ``scale * softplus(x)``; returns the SD, its derivative, the log-Jacobian and the latter's derivative.
-
-    ``exp`` suits priors with heavy upper tails; for light-tailed priors (half-normal, exponential) the
-    log density in ``log sd`` falls doubly exponentially (its curvature grows like ``sd^2``), which no
-    fixed NUTS step survives, while in ``x`` with ``sd = scale softplus(x)`` it is linear below the
-    scale (``sd ~ scale e^x``) and Gaussian or linear above it.
-    """
-    if scale == 0.0:
-        sd = math.exp(x)
-        return sd, sd, x, 1.0
-    if x > 0.0:
-        e = math.exp(-x)
-        softplus = x + math.log(1.0 + e)
-        sig = 1.0 / (1.0 + e)
-        log_sig = -math.log(1.0 + e)
-    else:
-        e = math.exp(x)
-        softplus = math.log1p(e)  # once per SD and evaluation: full relative precision is cheap here
-        sig = e / (1.0 + e)
-        log_sig = x - softplus
-    return scale * softplus, scale * sig, math.log(scale) + log_sig, 1.0 - sig
-
-
 @njit(cache=True)
 def _block_factors(x, J, kmax, meta, prior_par, eta_lkj, Fs, dFs, grad, want_grad):
     """SD priors, LKJ densities and Jacobians of every block; ``Fs[j] = diag(sd) L`` and its derivatives

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import xarray as xr
 
-from bayeslmm.engines.collapsed.packing import corr_matrices, prior_code
+from bayeslmm.engines.collapsed.packing import corr_matrices, prior_code, sd_forward, sd_inverse, sd_prior_row
 from bayeslmm.engines.glmm.codes import (
     CLOGLOG,
     F_CAUCHY,
@@ -540,7 +540,7 @@ def _pack(design: Design, priors: ModelPriors, family) -> Packed:
         b_offsets[j] = coff
         in_map = int(G * k * p <= max(n, MIN_MAP_WORK))
         meta_blocks += [k, G, x_offsets[j], zoff, len(prior_rows), hoff, coff, kcol, in_map]
-        prior_rows += [_sd_prior_row(priors.group_sd[block.name][t]) for t in block.terms]
+        prior_rows += [sd_prior_row(priors.group_sd[block.name][t]) for t in block.terms]
         zoff += G * k
         hoff += G * k * k
         coff += G * k
@@ -566,11 +566,11 @@ def _pack(design: Design, priors: ModelPriors, family) -> Packed:
     ints = [np.array(a, dtype=np.int64, order="C") for a in ints]
     init = np.zeros(n_dim)
     for block, off, S in zip(blocks, x_offsets, ref.cov):
-        scales = [_sd_prior_row(priors.group_sd[block.name][t])[3] for t in block.terms]
+        scales = [sd_prior_row(priors.group_sd[block.name][t])[3] for t in block.terms]
         init[off:off + block.n_terms] = [sd_inverse(s, a) for s, a in zip(np.sqrt(np.diag(S)), scales)]
     if aux_offset is not None:
         init[aux_offset] = math.log(ref.dispersion)
-    sd_scales = [[_sd_prior_row(priors.group_sd[b.name][t])[3] for t in b.terms] for b in blocks]
+    sd_scales = [[sd_prior_row(priors.group_sd[b.name][t])[3] for t in b.terms] for b in blocks]
     return Packed(floats, ints, n_dim, x_offsets, z_offsets, b_offsets, aux_offset, init, ref, sd_scales)
 
 
@@ -643,38 +643,6 @@ def _coupling(C, level_S: np.ndarray, cptr: list, ccol: list, cval: list, n: int
     ccol.extend(C.indices[keep].tolist())
     cval.extend(C.data[keep].tolist())
     cptr.extend((cptr[-1] + np.cumsum(counts)).tolist())
-
-
-# SD priors whose upper tail is light (log density falling at least linearly in the SD) get SDs
-# ``scale * softplus(x)`` (see ``kernels._sd_transform``); the others ``exp(x)``.
-def _sd_prior_row(prior: Prior) -> tuple[float, float, float, float]:
-    """``(kind, a, b, scale)``: the kernel's prior code and the scale of the SD's transform (0: exp)."""
-    kind, a, b = prior_code(prior)
-    d = prior.distribution
-    scale = 0.0
-    if d == "HalfNormal":
-        scale = a
-    elif d == "Exponential":
-        scale = 1.0 / a
-    elif d == "Gamma" and b > 0:
-        scale = max(a, 1.0) / b
-    elif d == "Weibull" and a >= 1.0:
-        scale = b
-    return float(kind), float(a), float(b), float(scale)
-
-
-def sd_forward(x: np.ndarray, scale: float) -> np.ndarray:
-    """The SD from its unconstrained parameter (``exp`` or ``scale * softplus``), vectorised."""
-    x = np.asarray(x, dtype=float)
-    return np.exp(x) if scale == 0.0 else scale * np.logaddexp(0.0, x)
-
-
-def sd_inverse(sd: float, scale: float) -> float:
-    """The unconstrained parameter of an SD (inverse of :func:`sd_forward`)."""
-    if scale == 0.0:
-        return math.log(sd)
-    ratio = sd / scale
-    return ratio + math.log(-math.expm1(-ratio))
 
 
 def _cat(parts: list) -> np.ndarray:
