@@ -49,7 +49,7 @@ class SamplerSettings:
 
 #: Options ``fit`` passes to the samplers, with what each accepts.
 SAMPLER_OPTIONS: dict[str, str] = {
-    "target_accept": "a number strictly between 0 and 1 (NUTS's target acceptance rate, default 0.8)",
+    "target_accept": "a number strictly between 0 and 1 (NUTS's target acceptance rate; default 0.9 for the collapsed sampler, 0.8 otherwise)",
     "cores": "a positive integer (chains run in parallel on this many threads)",
     "maxdepth": "a positive integer (NUTS's maximum tree depth, default 10)",
     "nuts_sampler": "'nutpie' or 'pymc' (the NUTS implementation of the full PyMC model)",

@@ -204,9 +204,16 @@ def density(packed: Packed) -> CallbackDensity:
     )
 
 
+#: NUTS's target acceptance rate unless the user sets one. A singular fit (a slope SD at 0 that leaves
+#: the correlation free, as Simpson's data with ``(x | participant)``) diverged once or more in half of
+#: the seeds at nutpie's 0.8, in none of 8 at 0.9, for about 10% more time.
+TARGET_ACCEPT = 0.9
+
+
 def _sample_nuts(packed: Packed, draws: int, tune: int, chains: int, random_seed: int | None,
                  progressbar: bool, options: dict) -> tuple[np.ndarray, xr.Dataset]:
     """Draws of the variance parameters (chains, draws, d) and sample_stats from nutpie's NUTS."""
+    options = {"target_accept": TARGET_ACCEPT} | options
     cores = options.pop("cores", None)
     with Progress(chains * (draws + tune), f"Sampling {chains} chains", "draws", enabled=progressbar) as bar:
         return sample_nuts(
