@@ -154,3 +154,73 @@ def test_adjustments_closed_forms():
     np.testing.assert_allclose(
         adjust_p_values(np.array([0.2]), np.array([1.3]), np.array([12.0]), 2, "tukey"), 2 * stats.t.sf(1.3, 12), rtol=1e-6
     )
+
+
+# ============================================================================== trends and GLMMs
+# R 4.2.2, lme4 1.1-31, lmerTest 3.1-3, emmeans 1.8.4-1:
+#   m <- lmer(angle ~ recipe * temp + (1 | replicate), cake)
+#   emtrends(m, pairwise ~ recipe, var = "temp")            # Satterthwaite df, Tukey
+#   g <- glmer(cbind(incidence, size - incidence) ~ period + (1 | herd), cbpp, family = binomial)
+#   emmeans(g, pairwise ~ period)                           # asymptotic z, Tukey
+EMTRENDS = {
+    "trend": [0.1537142857, 0.1645714286, 0.1558095238], "SE": 0.02981897552, "df": 250,
+    "estimate": [-0.01085714286, -0.002095238095, 0.008761904762], "contrast_SE": 0.0421703996,
+    "t.ratio": [-0.2574588564, -0.04968504247, 0.207773814], "p.value": [0.9641249501, 0.9986399279, 0.9764845089],
+    "lower.CL": [-0.1102847772, -0.1015228725, -0.09066572961],
+}
+GLMER_EMMEANS = {
+    "emmean": [-1.398342864, -2.390267839, -2.52655908, -2.978088278],
+    "SE": [0.2312140481, 0.3073938702, 0.3270801371, 0.4251646778],
+    "estimate": [0.991924975, 1.128216216, 1.579745414, 0.136291241, 0.5878204387, 0.4515291977],
+    "z.ratio": [3.272052997, 3.494767154, 3.743036512, 0.362569793, 1.266551009, 0.9447239329],
+    "p.value": [0.005883568736, 0.002672957552, 0.001043498513, 0.9837001243, 0.5843188576, 0.7806739646],
+    "asymp.LCL": [0.2131213358, 0.2988552936, 0.4954877114, -0.8294167022, -0.6044958404, -0.776335173],
+}
+
+
+def test_numeric_marginal_variable_gives_emtrends(cake):
+    """A numeric marginal variable: its slope per recipe and the slopes' Tukey contrasts, as emtrends;
+    the Bayesian slopes are the posterior means of beta[temp] + beta[recipe:temp] exactly."""
+    model = Lmer("angle ~ recipe * temp + (1 | replicate)", cake)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(draws=300, tune=300, chains=2, random_seed=3, progressbar=False)
+    trends, contrasts = model.post_hoc("temp", "recipe")
+    assert list(trends["recipe"]) == ["A", "B", "C"] and "trends (slopes) of temp by recipe" in str(trends)
+    np.testing.assert_allclose(trends["freq_Estimate"], EMTRENDS["trend"], rtol=1e-4)
+    np.testing.assert_allclose(trends["freq_SE"], EMTRENDS["SE"], rtol=1e-4)
+    np.testing.assert_allclose(trends["freq_DF"], EMTRENDS["df"], rtol=1e-4)
+    np.testing.assert_allclose(contrasts["freq_Estimate"], EMTRENDS["estimate"], rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(contrasts["freq_SE"], EMTRENDS["contrast_SE"], rtol=1e-4)
+    np.testing.assert_allclose(contrasts["freq_T-stat"], EMTRENDS["t.ratio"], rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(contrasts["freq_P-val"], EMTRENDS["p.value"], atol=1e-4)
+    np.testing.assert_allclose(contrasts["freq_2.5_ci"], EMTRENDS["lower.CL"], rtol=1e-4)
+    beta = model.posterior["beta"]
+    slope = beta.sel(fixed_term="temp")
+    expected = [slope] + [slope + beta.sel(fixed_term=f"recipe[{r}]:temp") for r in "BC"]
+    np.testing.assert_allclose(trends["Estimate"], [float(d.mean()) for d in expected], rtol=1e-9)
+    # the overall slope, without grouping: the average of the three
+    overall, none = model.post_hoc("temp")
+    assert len(overall) == 1 and len(none) == 0
+    assert overall["freq_Estimate"].iloc[0] == pytest.approx(np.mean(EMTRENDS["trend"]), rel=1e-4)
+    with pytest.raises(DataError, match="'temp' is numeric, so its slopes"):
+        model.post_hoc(["temp", "recipe"])
+
+
+def test_glmm_means_and_contrasts_are_emmeans_z_tests_on_glmer():
+    """A binomial model: emmeans' asymptotic z tests of the glmer fit (df = inf), Tukey-adjusted."""
+    from bayeslmm import load_dataset
+
+    model = Lmer("cbind(incidence, size - incidence) ~ period + (1 | herd)", load_dataset("cbpp"), family="binomial")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(draws=300, tune=300, chains=2, random_seed=3, progressbar=False)
+    means, contrasts = model.post_hoc("period")
+    np.testing.assert_allclose(means["freq_Estimate"], GLMER_EMMEANS["emmean"], rtol=1e-4)
+    np.testing.assert_allclose(means["freq_SE"], GLMER_EMMEANS["SE"], rtol=1e-4)
+    assert np.all(np.isinf(means["freq_DF"])) and np.all(np.isinf(contrasts["freq_DF"]))
+    np.testing.assert_allclose(contrasts["freq_Estimate"], GLMER_EMMEANS["estimate"], rtol=1e-4)
+    np.testing.assert_allclose(contrasts["freq_Z-stat"], GLMER_EMMEANS["z.ratio"], rtol=1e-4)
+    np.testing.assert_allclose(contrasts["freq_P-val"], GLMER_EMMEANS["p.value"], atol=1e-4)
+    np.testing.assert_allclose(contrasts["freq_2.5_ci"], GLMER_EMMEANS["asymp.LCL"], rtol=1e-4)
+    assert "asymptotic z tests" in str(contrasts) and "logit" in str(means)

@@ -53,6 +53,9 @@ __all__ = [
     "reference_grid",
     "MarginalMeans",
     "marginal_means",
+    "numeric_predictors",
+    "trend_grid",
+    "marginal_trends",
 ]
 
 
@@ -262,6 +265,12 @@ def reference_grid(design: Design) -> tuple[pd.DataFrame, np.ndarray, dict[str, 
     covariates : dict of str to float
         The numeric columns of the fixed part and the means they are held at.
     """
+    grid, frame, covariates = _grid_frame(design)
+    return grid, design.fixed.evaluate(frame).X, covariates
+
+
+def _grid_frame(design: Design) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
+    """The reference grid's factor columns, the data frame that evaluates it, the covariates' means."""
     levels = factor_levels(design)
     data = design.data
     combos = list(itertools.product(*[levels[c] for c in reversed(list(levels))])) if levels else [()]
@@ -269,12 +278,41 @@ def reference_grid(design: Design) -> tuple[pd.DataFrame, np.ndarray, dict[str, 
     frame = pd.DataFrame(index=range(len(grid)))
     for column in levels:
         frame[column] = _like(data[column], grid[column].tolist())
-    numeric = {c for term in fixed_structure(design) for part in term.components if not part.categorical for c in part.columns}
-    covariates = {column: float(data[column].mean()) for column in sorted(numeric - set(levels))}
+    covariates = {column: float(data[column].mean()) for column in sorted(numeric_predictors(design) - set(levels))}
     for column, value in covariates.items():
         frame[column] = value
+    return grid, frame, covariates
+
+
+def numeric_predictors(design: Design) -> set[str]:
+    """The data columns that enter the fixed part as numbers (not as factors)."""
+    return {c for term in fixed_structure(design) for part in term.components if not part.categorical for c in part.columns}
+
+
+def trend_grid(design: Design, var: str) -> tuple[pd.DataFrame, np.ndarray, dict[str, float]]:
+    """The reference grid's rows of the slope in ``var``: ``(X(var + h) - X(var)) / h``, as emmeans'
+    ``emtrends`` (``h = 0.001 * range(var)``; exact for terms linear in ``var``, interactions included).
+
+    Returns
+    -------
+    grid, D, covariates
+        As :func:`reference_grid`, with ``D`` (len(grid), p) in place of ``X``: ``D beta`` is the slope
+        of the linear predictor in ``var`` at each grid row.
+
+    Raises
+    ------
+    DataError
+        ``var`` is not a numeric predictor of the fixed part.
+    """
+    grid, frame, covariates = _grid_frame(design)
+    if var not in covariates:
+        raise DataError(
+            f"{var!r} is not a numeric predictor of the fixed effects; numeric predictors: {list(covariates) or 'none'}"
+        )
+    h = 0.001 * float(np.ptp(design.data[var].to_numpy(dtype=float))) or 1e-3
     X = design.fixed.evaluate(frame).X
-    return grid, X, covariates
+    shifted = design.fixed.evaluate(frame.assign(**{var: frame[var] + h})).X
+    return grid, (shifted - X) / h, covariates
 
 
 def _like(template: pd.Series, values: list) -> pd.Series:
@@ -326,7 +364,34 @@ def marginal_means(design: Design, specs: list[str], by: list[str] | None = None
     """
     by = list(by or [])
     levels = factor_levels(design)
-    for name in specs + by:
+    _check_factors(design, levels, specs + by)
+    if set(specs) & set(by):
+        raise DataError(f"{sorted(set(specs) & set(by))} appear both as marginal and as grouping variables")
+    if not specs:
+        raise DataError("name at least one factor whose marginal means to compute")
+    grid, X, covariates = reference_grid(design)
+    return _averages(grid, X, levels, specs, by, covariates)
+
+
+def marginal_trends(design: Design, var: str, specs: list[str] | None = None) -> MarginalMeans:
+    """Marginal slopes of the numeric predictor ``var`` at each level of ``specs`` and their pairwise
+    differences (emmeans' ``emtrends(model, pairwise ~ specs, var = var)``); one overall slope without
+    ``specs``. ``L`` holds the slopes' rows, ``covariates`` the values the other predictors are held at.
+
+    Raises
+    ------
+    DataError
+        ``var`` is not a numeric predictor, or a name in ``specs`` is not a factor of the fixed part.
+    """
+    specs = list(specs or [])
+    levels = factor_levels(design)
+    _check_factors(design, levels, specs)
+    grid, D, covariates = trend_grid(design, var)
+    return _averages(grid, D, levels, specs, [], covariates)
+
+
+def _check_factors(design: Design, levels: dict, names: list[str]) -> None:
+    for name in names:
         if name not in levels:
             numeric = name in design.data.columns
             raise DataError(
@@ -334,11 +399,12 @@ def marginal_means(design: Design, specs: list[str], by: list[str] | None = None
                 + (" (it is numeric; its slope is in coefs)" if numeric else "")
                 + f"; factors: {list(levels) or 'none'}"
             )
-    if set(specs) & set(by):
-        raise DataError(f"{sorted(set(specs) & set(by))} appear both as marginal and as grouping variables")
-    if not specs:
-        raise DataError("name at least one factor whose marginal means to compute")
-    grid, X, covariates = reference_grid(design)
+
+
+def _averages(grid: pd.DataFrame, X: np.ndarray, levels: dict, specs: list[str], by: list[str],
+              covariates: dict) -> MarginalMeans:
+    """Equally weighted averages of the grid rows ``X`` per level of ``specs`` within ``by``, and their
+    pairwise differences within each ``by`` group."""
     keys = {column: grid[column].map(str).to_numpy() for column in specs + by}
     mean_rows, L, contrast_rows, C, family, group = [], [], [], [], [], []
     by_combos = list(itertools.product(*[levels[c] for c in by])) if by else [()]
