@@ -127,3 +127,18 @@ def test_joint_pd_is_the_wald_probability_for_gaussian_draws():
     assert joint_pd(single[:, None]) == pytest.approx(max((single > 0).mean(), (single < 0).mean()), abs=3e-3)
     # centred on 0: no evidence of direction
     assert joint_pd(rng.normal(size=(50_000, 2))) == pytest.approx(0.5, abs=0.02)
+
+
+def test_glmm_anova_has_car_wald_chisquare_tests():
+    """A Poisson model: car::Anova(glmer(TICKS ~ YEAR + cHEIGHT + (1 | LOCATION)), type = 3) with lme4
+    1.1-31 and car 3.1-1 gives YEAR 549.2873262 (2 df), cHEIGHT 38.23772288 (1 df, p 6.262988255e-10)."""
+    model = Lmer("TICKS ~ YEAR + cHEIGHT + (1 | LOCATION)", load_dataset("grouseticks"), family="poisson")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(draws=200, tune=200, chains=2, random_seed=1, progressbar=False)
+    table = model.anova(elpd=False)
+    assert list(table.index) == ["YEAR", "cHEIGHT"] and list(table["Df"]) == [2, 1]
+    np.testing.assert_allclose(table["Chisq"], [549.2873262, 38.23772288], rtol=1e-4)
+    assert table.loc["cHEIGHT", "P-val"] == pytest.approx(6.262988255e-10, rel=1e-3)
+    assert table.loc["YEAR", "Sig"] == "***" and "car::Anova(type = 3)" in str(table)
+    assert 0.5 <= table.loc["cHEIGHT", "pd"] <= 1

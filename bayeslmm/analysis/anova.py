@@ -5,9 +5,12 @@ For each term (a factor with ``k`` levels is one term with ``k - 1`` coefficient
 (equally weighted marginal means for factors; it does not depend on the model's contrasts). Three
 answers sit side by side:
 
-Frequentist (gaussian models), as lmerTest's ``anova(model, type = 3)``
+Frequentist, as lmerTest's ``anova(model, type = 3)`` (gaussian) or car's ``Anova(model, type = 3)`` (GLMMs)
     ``SS``, ``MS``, ``NumDF``, ``DenomDF`` (Satterthwaite), ``F-stat``, ``P-val``, ``Sig``: the F test
-    of the REML fit (:meth:`bayeslmm.results.frequentist.FrequentistResult.anova`).
+    of the REML fit (:meth:`bayeslmm.results.frequentist.FrequentistResult.anova`). For binomial,
+    Poisson and negative binomial models ``Chisq``, ``Df``, ``P-val``, ``Sig``: the Wald chi-square
+    test of the same hypothesis on the Laplace fit
+    (:meth:`~bayeslmm.results.frequentist.FrequentistResult.wald_test`).
 
 Predictive: ``elpd_diff``, ``SE_diff``
     The model is refitted without the term (its Type III hypothesis imposed: the sum-coded fixed part
@@ -37,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from bayeslmm.errors import ConvergenceWarning, NotFittedError, ParetoKWarning
-from bayeslmm.results.report import ReportTable, p_value_format
+from bayeslmm.results.report import ReportTable, p_value_format, significance_stars
 from bayeslmm.results.summaries import stack_draws
 from bayeslmm.spec.hypotheses import type3_hypotheses, without_term
 from bayeslmm.spec.priors import default_priors
@@ -73,7 +76,8 @@ def joint_pd(draws: np.ndarray) -> float:
 
 
 def anova(model: "FittedModel", force_orthogonal: bool = False, elpd: bool = True, random_seed: int | None = None) -> ReportTable:
-    """Type III ANOVA of a fitted model: F tests (lmerTest), elpd without the term, joint pd.
+    """Type III ANOVA of a fitted model: F tests (lmerTest) or Wald chi-square tests (car, for GLMMs),
+    elpd without the term, joint pd.
 
     Parameters
     ----------
@@ -92,8 +96,9 @@ def anova(model: "FittedModel", force_orthogonal: bool = False, elpd: bool = Tru
     -------
     ReportTable
         One row per term (index ``term``): the frequentist columns ``SS``, ``MS``, ``NumDF``,
-        ``DenomDF``, ``F-stat``, ``P-val``, ``Sig`` (gaussian models), then ``elpd_diff``, ``SE_diff``
-        and ``pd``. Prints with a title and how to read it.
+        ``DenomDF``, ``F-stat``, ``P-val``, ``Sig`` (gaussian models: lmerTest's F tests) or ``Chisq``,
+        ``Df``, ``P-val``, ``Sig`` (other families: car's Wald chi-square tests of the glmer fit), then
+        ``elpd_diff``, ``SE_diff`` and ``pd``. Prints with a title and how to read it.
 
     Raises
     ------
@@ -107,9 +112,15 @@ def anova(model: "FittedModel", force_orthogonal: bool = False, elpd: bool = Tru
     if not hypotheses:
         raise ValueError(f"formula {model.formula!r} has no fixed term besides the intercept; there is nothing to test")
     table = pd.DataFrame(index=pd.Index(list(hypotheses), name="term"))
-    frequentist = family.name == "gaussian" and hasattr(model, "fit_frequentist")
-    if frequentist:
+    frequentist = hasattr(model, "fit_frequentist")
+    if frequentist and family.name == "gaussian":
         table = table.join(model.fit_frequentist(REML=True).anova()[_FREQ_COLUMNS])
+    elif frequentist:  # Wald chi-square tests of the glmer fit, as car::Anova(type = 3)
+        reference = model.fit_frequentist()
+        tests = pd.DataFrame({term: reference.wald_test(L) for term, L in hypotheses.items()}).T
+        tests["Df"] = tests["Df"].astype(int)
+        tests["Sig"] = [significance_stars(p) for p in tests["P-val"]]
+        table = table.join(tests)
     notes = []
     if elpd:
         diffs, notes = _elpd_without_terms(model, list(hypotheses), random_seed)
@@ -122,12 +133,14 @@ def anova(model: "FittedModel", force_orthogonal: bool = False, elpd: bool = Tru
         f"Formula: {model.formula}",
     ]
     footer = []
-    if frequentist:
+    if frequentist and family.name == "gaussian":
         footer.append(
             "SS ... Sig: F tests of the REML fit with Satterthwaite denominator df, as lmerTest's anova(type = 3)."
         )
-    else:
-        footer.append(f"No F tests: the (RE)ML fit is for gaussian models, this one is {family.name}.")
+    elif frequentist:
+        footer.append(
+            "Chisq ... Sig: Wald chi-square tests of the Laplace (ML) fit, as car::Anova(type = 3) on a glmer model."
+        )
     if elpd:
         footer.append(
             "elpd_diff: PSIS-LOO elpd of the model minus that of the model refitted without the term "
@@ -139,7 +152,8 @@ def anova(model: "FittedModel", force_orthogonal: bool = False, elpd: bool = Tru
     )
     if force_orthogonal:
         footer.append("force_orthogonal: Type III hypotheses here do not depend on the contrasts; the table is the same.")
-    formats = {"P-val": p_value_format, "NumDF": "{:d}".format, "DenomDF": "{:.2f}".format, "pd": "{:.3f}".format}
+    formats = {"P-val": p_value_format, "NumDF": "{:d}".format, "DenomDF": "{:.2f}".format, "pd": "{:.3f}".format,
+               "Chisq": "{:.3f}".format}
     return ReportTable.build(table, header, footer + [f"Warning: {note}" for note in notes], formats)
 
 
