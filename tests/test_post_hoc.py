@@ -130,9 +130,9 @@ def test_emmeans_is_post_hoc(cake_interaction, recipe):
 
 
 def test_bad_requests_are_clear(cake_interaction, cake):
-    with pytest.raises(DataError, match="'temp' is not a factor of the fixed effects"):
+    with pytest.raises(DataError, match=r"'temp' is not a predictor of the fixed effects; factors: \['recipe', 'temperature'\]"):
         cake_interaction.post_hoc("temp")
-    with pytest.raises(DataError, match="'angle' is not a factor.*numeric"):
+    with pytest.raises(DataError, match="'angle' is not a predictor"):
         cake_interaction.post_hoc("angle")
     with pytest.raises(DataError, match="both as marginal and as grouping"):
         cake_interaction.post_hoc("recipe", "recipe")
@@ -205,6 +205,13 @@ def test_numeric_marginal_variable_gives_emtrends(cake):
     assert overall["freq_Estimate"].iloc[0] == pytest.approx(np.mean(EMTRENDS["trend"]), rel=1e-4)
     with pytest.raises(DataError, match="'temp' is numeric, so its slopes"):
         model.post_hoc(["temp", "recipe"])
+    with pytest.raises(DataError, match="'temp' is a numeric predictor, not a factor"):
+        model.post_hoc("recipe", "temp")
+    reference = model.fit_frequentist()
+    with pytest.raises(ValueError, match=r"L must be a finite \(r, 6\) matrix"):
+        reference.wald_test(np.ones((1, 3)))
+    with pytest.raises(ValueError, match="linearly dependent"):
+        reference.wald_test(np.eye(6)[[1, 1]])
 
 
 def test_glmm_means_and_contrasts_are_emmeans_z_tests_on_glmer():

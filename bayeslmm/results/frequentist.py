@@ -227,10 +227,23 @@ class FrequentistResult:
         dict
             ``Chisq`` (``(L beta)' (L V L')^{-1} (L beta)`` with ``V`` the fixed effects' covariance),
             ``Df`` (``r``), ``P-val`` (upper chi-square tail).
+
+        Raises
+        ------
+        ValueError
+            ``L`` of the wrong shape, not finite, or with linearly dependent rows.
         """
         from scipy import stats
 
         L = np.atleast_2d(np.asarray(L, dtype=float))
+        p = len(self.beta)
+        if L.ndim != 2 or L.shape[1] != p or not np.all(np.isfinite(L)):
+            raise ValueError(
+                f"wald_test: L must be a finite (r, {p}) matrix, one column per fixed effect {list(self.design.fixed_terms)}; "
+                f"got shape {L.shape}"
+            )
+        if np.linalg.matrix_rank(L) < L.shape[0]:
+            raise ValueError(f"wald_test: the {L.shape[0]} rows of L are linearly dependent; drop the redundant ones")
         estimate = L @ self.beta
         chisq = float(estimate @ np.linalg.solve(L @ self.vcov.to_numpy() @ L.T, estimate))
         return {"Chisq": chisq, "Df": float(L.shape[0]), "P-val": float(stats.chi2.sf(chisq, L.shape[0]))}

@@ -391,13 +391,17 @@ def marginal_trends(design: Design, var: str, specs: list[str] | None = None) ->
 
 
 def _check_factors(design: Design, levels: dict, names: list[str]) -> None:
+    numeric = sorted(numeric_predictors(design))
     for name in names:
-        if name not in levels:
-            numeric = name in design.data.columns
+        if name in numeric:
             raise DataError(
-                f"{name!r} is not a factor of the fixed effects"
-                + (" (it is numeric; its slope is in coefs)" if numeric else "")
-                + f"; factors: {list(levels) or 'none'}"
+                f"{name!r} is a numeric predictor, not a factor: its slope is in coefs, and post_hoc({name!r}, "
+                f"grouping_vars) compares its slopes across factor levels; factors: {list(levels) or 'none'}"
+            )
+        if name not in levels:
+            raise DataError(
+                f"{name!r} is not a predictor of the fixed effects; factors: {list(levels) or 'none'}, numeric "
+                f"predictors: {numeric or 'none'}"
             )
 
 
