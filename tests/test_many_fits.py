@@ -30,7 +30,7 @@ from bayeslmm.analysis.pooling import compare_variance_components
 from bayeslmm.engines.executor import run_tasks, spawn_seeds
 from bayeslmm.spec.design import build_design
 from bayeslmm.spec.formula import parse_formula
-from bayeslmm.spec.simulate import TrueParameters, extend_data, lkj_correlation, simulate_response
+from bayeslmm.spec.simulate import TrueParameters, extend_data, extend_within, lkj_correlation, simulate_response
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"draws": 200, "tune": 200, "chains": 2}
@@ -383,6 +383,46 @@ def test_extend_data_copies_groups_under_new_labels_and_cuts_to_the_first_levels
     assert labels[6:] == ["a.2", "a.2"]
     with pytest.raises(DataError, match="at least 2 levels"):
         extend_data(data, "subject", 1)
+
+
+def test_extend_within_repeats_or_cuts_each_combination():
+    data = pd.DataFrame({"subject": [1, 1, 1, 2, 2, 2], "day": [0, 1, 2, 0, 1, 2], "x": range(6)})
+    before = data.copy()
+    twice = extend_within(data, ["subject", "day"], 2)
+    assert twice["x"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5] and twice.index.tolist() == list(range(12))
+    five = extend_within(data, ["subject"], 5)
+    assert five["x"].tolist() == [0, 1, 2, 0, 1, 3, 4, 5, 3, 4]
+    assert extend_within(data, ["subject"], 2)["day"].tolist() == [0, 1, 0, 1]
+    pd.testing.assert_frame_equal(data, before)
+    with pytest.raises(DataError, match="positive integer"):
+        extend_within(data, ["subject"], 0)
+    with pytest.raises(DataError, match="not columns of the data"):
+        extend_within(data, ["Subject"], 2)
+
+
+def test_power_within_adds_rows_per_group_and_tests_each_seeded_data_set():
+    """within={"g": [6]} on groups of 3 rows: each group measured twice over; the REML t test is still the
+    two-sample t test of the group means (df = groups - 2), on the extended data of each seed."""
+    data = _between_design(10, 3)
+    parameters = {"fixed": {"(Intercept)": 0.0}, "covariances": {"g": 1.0}, "sigma": 1.0}
+    curve = _quiet(power, "y ~ x + (1 | g)", "x", 1.0, within={"g": [6]}, n_sims=3, random_seed=4, data=data,
+                   workers=1, draws=150, tune=150, **parameters)
+    assert curve.table.index.name == "rows per g" and curve.table["n_obs"].tolist() == [60]
+    assert curve.settings["axis"] == "rows" and "number of rows per g" in repr(curve)
+    extended = extend_within(data, ["g"], 6)
+    design = build_design(parse_formula("y ~ x + (1 | g)"), extended.assign(y=np.arange(len(extended), dtype=float)))
+    truth = TrueParameters(np.array([0.0, 1.0]), (np.array([[1.0]]),), {"sigma": 1.0})
+    for j, row in curve.simulations.iterrows():
+        rng = np.random.default_rng(np.random.SeedSequence(4, spawn_key=(6, j)))
+        means = pd.Series(simulate_response(design, truth, rng)).groupby(extended["g"]).mean()
+        treated = (means.index % 2).astype(bool)
+        if not row["singular"]:
+            assert row["p_value"] == pytest.approx(stats.ttest_ind(means[treated], means[~treated]).pvalue, abs=1e-5)
+            assert row["DF"] == pytest.approx(8, abs=1e-3)
+    with pytest.raises(DataError, match="not both"):
+        power("y ~ x + (1 | g)", "x", 1.0, data=data, along={"g": [10]}, within={"g": [6]}, **parameters)
+    with pytest.raises(DataError, match=r"within: \['G'\] not columns"):
+        power("y ~ x + (1 | g)", "x", 1.0, data=data, within={"G": [6]}, **parameters)
 
 
 # ============================================================================== fit_many

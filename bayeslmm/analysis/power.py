@@ -54,7 +54,7 @@ from bayeslmm.results.report import SummaryParts, layout_html, layout_text
 from bayeslmm.spec.families import Family, get_family
 from bayeslmm.spec.hypotheses import fixed_structure, type3_hypotheses
 from bayeslmm.spec.priors import default_priors
-from bayeslmm.spec.simulate import TrueParameters, covariance_root, extend_data, simulate_response
+from bayeslmm.spec.simulate import TrueParameters, covariance_root, extend_data, extend_within, simulate_response
 from bayeslmm.spec.specification import ModelSpec
 
 if TYPE_CHECKING:
@@ -82,6 +82,7 @@ def power(
     prob: float = 0.95,
     data: pd.DataFrame | None = None,
     fixed: dict[str, float] | None = None,
+    within: dict[str, list[int]] | None = None,
     covariances: dict[str, Any] | None = None,
     sigma: float | None = None,
     dispersion: float | None = None,
@@ -116,6 +117,12 @@ def power(
         Levels are added by copying existing groups under new labels, or the first ``n`` kept (see
         :func:`~bayeslmm.spec.simulate.extend_data`); grouping factors nested in it are copied with it.
         Default: the design as it is.
+    within : dict, optional
+        Instead of ``along``: more (or fewer) observations per group, as simr's ``extend(within=)``.
+        One key naming columns joined by ``+`` and the numbers of rows per combination of them to try:
+        ``{"Subject+Days": [1, 2, 3]}`` measures every subject 1, 2 or 3 times a day,
+        ``{"Subject": [5, 10, 20]}`` gives each subject 5, 10 or 20 rows (its rows repeated in turn or
+        cut; :func:`~bayeslmm.spec.simulate.extend_within`).
     n_sims : int
         Simulated data sets per size (the Monte Carlo error of a power near 0.8 is about
         ``sqrt(0.16 / n_sims)``: 0.028 for 200).
@@ -182,11 +189,16 @@ def power(
     effects = _effects(design, term, effect)
     given_aux = {name: value for name, value in (("sigma", sigma), ("dispersion", dispersion)) if value is not None}
     parameters = _parameters(model, design, family, {**(fixed or {}), **effects}, covariances, given_aux)
-    factor, sizes = _sizes(design, along)
-    nested = _nested_factors(design, factor)
+    if within is not None and along is not None:
+        raise DataError("give along= (more groups) or within= (more rows per group), not both")
+    factor, sizes, axis = _within_sizes(base.data, within) if within is not None else (*_sizes(design, along), "levels")
+    nested = _nested_factors(design, factor) if axis == "levels" else ()
     specs, hypotheses = {}, {}
     for size in sizes:
-        frame = base.data if size == len(design.factors[factor]) else extend_data(base.data, factor, size, nested)
+        if axis == "rows":
+            frame = extend_within(base.data, factor.split("+"), size)
+        else:
+            frame = base.data if size == len(design.factors[factor]) else extend_data(base.data, factor, size, nested)
         specs[size] = dataclasses.replace(base, data=frame)
         _check_supported(specs[size], family)  # builds each size's design here: errors before any fit
         hypotheses[size] = None if term in design.fixed_terms else type3_hypotheses(specs[size].design(), family)[term]
@@ -204,10 +216,11 @@ def power(
     rows = [dict(size=task[0], simulation=task[1], **result) for task, result in zip(tasks, run.results) if result]
     simulations = pd.DataFrame(rows, columns=["size", "simulation", *_RESULT_COLUMNS])
     n_obs = {size: spec.design().n_obs for size, spec in specs.items()}
-    table = _curve_table(simulations, sizes, n_obs, n_sims, factor)
+    table = _curve_table(simulations, sizes, n_obs, n_sims, factor if axis == "levels" else f"rows per {factor}")
     settings = {
         "term": term, "effect": effects, "test": _test_name(family, hypotheses[sizes[0]] is None), "alpha": alpha,
-        "prob": prob, "n_sims": n_sims, "factor": factor, "family": family.name, "formula": base.formula,
+        "prob": prob, "n_sims": n_sims, "factor": factor, "axis": axis,
+        "size_label": size_text({"factor": factor, "axis": axis}), "family": family.name, "formula": base.formula,
         "source": "given parameters" if isinstance(model, str) else
         "REML fit of the model" if family.name == "gaussian" else "Laplace (ML) fit of the model",
         "bayes": dict(plan.bayes), "random_seed": entropy, "executor": run.executor, "seconds": run.seconds,
@@ -420,6 +433,22 @@ def _sizes(design, along: dict | None) -> tuple[str, list[int]]:
     return factor, sorted({int(s) for s in sizes})
 
 
+def _within_sizes(data: pd.DataFrame, within: Any) -> tuple[str, list[int], str]:
+    """``("Subject+Days", sorted sizes, "rows")`` from ``within={"Subject+Days": [1, 2]}``, checked."""
+    if not isinstance(within, dict) or len(within) != 1:
+        raise DataError(f"within must be one set of columns and the rows per combination, e.g. {{'Subject+Days': [1, 2, 3]}}; got {within!r}")
+    key, sizes = next(iter(within.items()))
+    columns = [c.strip() for c in str(key).split("+")]
+    missing = [c for c in columns if c not in data.columns]
+    if missing or not all(columns):
+        raise DataError(f"within: {missing or key!r} not columns of the data; columns: {list(map(str, data.columns))}")
+    sizes = [sizes] if isinstance(sizes, int | np.integer) else list(sizes)
+    bad = [n for n in sizes if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1]
+    if not sizes or bad:
+        raise ValueError(f"within: the numbers of rows must be positive integers, got {sizes!r}")
+    return "+".join(columns), sorted({int(n) for n in sizes}), "rows"
+
+
 def _nested_factors(design, factor: str) -> tuple[str, ...]:
     """Grouping columns whose every level lies within one level of ``factor`` (copied with it)."""
     data = design.data
@@ -545,7 +574,8 @@ class PowerCurve:
     Attributes
     ----------
     table : pandas.DataFrame
-        One row per size (index: the number of levels of the factor), columns ``n_obs``, ``n_sims``
+        One row per size (index: the number of levels of the factor, or of rows per combination of
+        ``within``'s columns), columns ``n_obs``, ``n_sims``
         (fits that succeeded), ``n_failed``, ``power`` with ``power_2.5_ci`` and ``power_97.5_ci`` (its
         Monte Carlo interval), ``assurance`` with its interval, ``width`` (mean width of the Bayesian
         interval) with its interval, ``n_singular`` and ``n_not_converged`` (frequentist fits), ``n_divergent``
@@ -562,7 +592,8 @@ class PowerCurve:
         Simulations whose fit raised, with their seeds (left out of the table; a warning says how many).
     settings : dict
         ``term``, ``effect`` (``{column: value}``), ``test`` (``"t"``, ``"F"``, ``"z"`` or ``"chisq"``),
-        ``alpha``, ``prob``, ``n_sims``, ``factor``, ``family``, ``formula``, ``source``, ``bayes`` (sampler settings), ``random_seed``,
+        ``alpha``, ``prob``, ``n_sims``, ``factor`` (the grouping factor, or ``within``'s columns),
+        ``axis`` (``"levels"`` or ``"rows"``), ``size_label``, ``family``, ``formula``, ``source``, ``bayes`` (sampler settings), ``random_seed``,
         ``executor``, ``seconds``, ``parameters``.
     """
 
@@ -596,7 +627,7 @@ class PowerCurve:
         header = [
             "Power by simulation (bayeslmm)",
             f"Formula: {s['formula']}; parameters: {s['source']}",
-            f"Effect: {effect_text(s)}; {s['n_sims']} simulated data sets per number of {s['factor']} levels",
+            f"Effect: {effect_text(s)}; {s['n_sims']} simulated data sets per {size_text(s)}",
             f"Power: {test}, p < {s['alpha']:g}. Assurance: the {100 * s['prob']:g}% posterior {region} "
             f"excludes 0 ({sampler}, {b['chains']} chains x {b['draws']} draws after {b['tune']} tuning)",
             f"Ran on {s['executor']} in {s['seconds']:.1f} s; random_seed={s['random_seed']}",
@@ -620,7 +651,7 @@ class PowerCurve:
         footer = [f"In brackets: Monte Carlo {100 * MC_LEVEL:g}% intervals (Clopper-Pearson for shares, t for the mean width)."]
         size = self.smallest_size(0.8)
         if size is not None:
-            footer.append(f"Smallest number of {s['factor']} levels with an estimated power of at least 0.8: {size}.")
+            footer.append(f"Smallest {size_text(s)} with an estimated power of at least 0.8: {size}.")
         if self.failures:
             footer.append(f"{len(self.failures)} simulation(s) failed and are left out; see .failures (each with its seed).")
         return SummaryParts(header, [("", shown)], footer=footer)
@@ -646,6 +677,13 @@ def _with_interval(value: float, low: float, high: float, form: str = "{:.2f}") 
     if not np.isfinite(value):
         return "-"
     return f"{form.format(value)} [{form.format(low)}, {form.format(high)}]"
+
+
+def size_text(settings: dict) -> str:
+    """What a size counts: ``number of Subject levels`` or ``number of rows per Subject+Days``."""
+    if settings.get("axis") == "rows":
+        return f"number of rows per {settings['factor']}"
+    return f"number of {settings['factor']} levels"
 
 
 def effect_text(settings: dict) -> str:

@@ -70,7 +70,7 @@ def plot_power(curve: Any, *, target: float | None = 0.8, axes: Sequence[Axes] |
                    fmt="o-", color=COLORS["posterior"], capsize=3, markersize=4, linewidth=1.2)
     right.set_ylabel(f"mean width of the {100 * settings['prob']:g}% interval")
     for ax in (left, right):
-        ax.set_xlabel(f"number of {settings['factor']} levels")
+        ax.set_xlabel(settings.get("size_label", f"number of {settings['factor']} levels"))
         ax.grid(alpha=0.25)
         ax.set_xticks(sizes)
     values = ", ".join(f"{name} = {value:g}" for name, value in settings["effect"].items())

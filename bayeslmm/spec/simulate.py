@@ -24,7 +24,7 @@ from bayeslmm.errors import DataError
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.families import Family, get_family
 
-__all__ = ["TrueParameters", "simulate_response", "extend_data", "draw_parameters", "lkj_correlation"]
+__all__ = ["TrueParameters", "simulate_response", "extend_data", "extend_within", "draw_parameters", "lkj_correlation"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +130,44 @@ def covariance_root(covariance: Any, k: int, name: str) -> np.ndarray:
         if values.min() < -1e-8 * max(1.0, values.max()):
             raise ValueError(f"the covariance of block {name!r} is not positive semi-definite: {matrix.tolist()}") from None
         return vectors * np.sqrt(np.clip(values, 0.0, None))
+
+
+def extend_within(data: pd.DataFrame, columns: list[str], n_rows: int) -> pd.DataFrame:
+    """The rows of ``data`` with ``n_rows`` rows per combination of ``columns`` (simr's ``extend(within=)``).
+
+    Each combination's rows are repeated in turn (row ``i`` of the result is row ``i mod m`` of the
+    combination's ``m``), or cut to the first ``n_rows``: with ``["Subject", "Days"]`` and 2, every
+    subject is measured twice on every day; with ``["Subject"]`` and 20, each subject's 10 days are
+    measured twice.
+
+    Parameters
+    ----------
+    data : pandas.DataFrame
+    columns : list of str
+        Columns of ``data`` whose combinations are kept, each with ``n_rows`` rows.
+    n_rows : int
+        At least 1.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A new frame with a fresh RangeIndex, the combinations in their order of appearance.
+
+    Raises
+    ------
+    DataError
+        A column that is not in ``data``, or ``n_rows`` below 1.
+    """
+    missing = [c for c in columns if c not in data.columns]
+    if missing:
+        raise DataError(f"{missing} not columns of the data; columns: {list(map(str, data.columns))}")
+    if isinstance(n_rows, bool) or not isinstance(n_rows, int | np.integer) or n_rows < 1:
+        raise DataError(f"within: the number of rows per combination must be a positive integer, got {n_rows!r}")
+    positions = data.groupby(list(columns), sort=False, observed=True, dropna=False).indices
+    order = [rows for rows in positions.values()]
+    order.sort(key=lambda rows: rows[0])
+    take = np.concatenate([rows[np.arange(n_rows) % len(rows)] for rows in order])
+    return data.iloc[take].reset_index(drop=True)
 
 
 def extend_data(data: pd.DataFrame, factor: str, n_levels: int, nested: tuple[str, ...] = ()) -> pd.DataFrame:
