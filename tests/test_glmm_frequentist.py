@@ -313,9 +313,12 @@ def test_reml_and_nagq_arguments(cbpp, logit):
     crossed = Lmer(VERBAGG, load_dataset("verbagg").iloc[::10], family="binomial")
     with pytest.raises(UnsupportedSyntaxError, match="single scalar random effect"):
         crossed.fit_frequentist(nAGQ=3)
-    for bad in (0, 2.5, True):
-        with pytest.raises(DataError, match="nAGQ must be a positive integer"):
+    for bad in (-1, 2.5, True):
+        with pytest.raises(DataError, match="nAGQ must be a non-negative integer"):
             model.fit_frequentist(nAGQ=bad)
+    nb = Lmer("TICKS ~ YEAR + (1 | LOCATION)", load_dataset("grouseticks"), family="negbinomial")
+    with pytest.raises(UnsupportedSyntaxError, match="nAGQ = 0 leaves the negative binomial's dispersion"):
+        nb.fit_frequentist(nAGQ=0)
     sleep = Lmer("Reaction ~ Days + (1 | Subject)", load_dataset("sleepstudy"))
     with pytest.raises(UnsupportedSyntaxError, match="quadrature is for generalized"):
         sleep.fit_frequentist(nAGQ=5)
@@ -351,3 +354,32 @@ def test_complete_separation_is_flagged(cbpp):
     with pytest.warns(ConvergenceWarning, match=r"numerically 0 or 1 occurred \(rows 3, 10, 14"):
         result = _fit(CBPP, data, "binomial")
     assert result.coefs.loc["period[4]", "Estimate"] < -10
+
+
+# lme4 1.1-31: glmer(..., nAGQ = 0), fixef, sqrt(diag(vcov)), theta, logLik
+NAGQ0 = {
+    "cbpp": {"fixef": [-1.360475728, -0.9761732361, -1.111072784, -1.559675684],
+             "SE": [0.2275790229, 0.303286175, 0.323510369, 0.4244519095], "theta": [0.6418385553], "logLik": -92.0543465},
+    "VerbAgg": {"fixef": [0.2082792821, 0.05437777992, 0.3040826971, -1.016481457, -2.021770803, -1.013426091],
+                "SE": [0.4053879911, 0.01675137229, 0.1912016043, 0.2575246794, 0.2592278095, 0.2108826066],
+                "theta": [1.339396144, 0.4968192635], "logLik": -4075.794968},
+}
+
+
+@pytest.mark.parametrize("name", ["cbpp", "VerbAgg"])
+def test_nagq0_reproduces_lme4(name, cbpp):
+    """lme4's fast fit: theta optimised with the fixed effects inside PIRLS; SEs from RX."""
+    if name == "cbpp":
+        fit = _fit(CBPP, cbpp, "binomial", nAGQ=0)
+    else:
+        fit = _fit(VERBAGG, load_dataset("verbagg"), "binomial", nAGQ=0)
+    reference = NAGQ0[name]
+    for ours, theirs in zip(fit.coefs["Estimate"], reference["fixef"]):
+        _digits(ours, theirs, 5)
+    for ours, theirs in zip(fit.coefs["SE"], reference["SE"]):
+        _digits(ours, theirs, 4)
+    for ours, theirs in zip(fit.theta, reference["theta"]):
+        _digits(ours, theirs, 5)
+    # lme4 reports the log-likelihood of its last evaluation: 5e-5 (cbpp) and 3e-3 (VerbAgg) from ours
+    _digits(fit.logLike, reference["logLik"], 5)
+    assert fit.nAGQ == 0 and "nAGQ = 0" in str(fit.summary())

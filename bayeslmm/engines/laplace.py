@@ -192,7 +192,9 @@ def fit_laplace(design: Design, family: Family, nAGQ: int = 1) -> GlmmFit:
         Binomial (logit, probit, cloglog), Poisson or negative binomial (log link).
     nAGQ : int, default 1
         1: Laplace approximation. 2 or more: adaptive Gauss-Hermite quadrature with this many nodes,
-        for a model with a single scalar random effect ``(1 | g)`` (as lme4).
+        for a model with a single scalar random effect ``(1 | g)`` (as lme4). 0: lme4's fast fit, the
+        fixed effects estimated inside PIRLS and only ``theta`` optimised (stage 1 below, not for the
+        negative binomial).
 
     Returns
     -------
@@ -218,6 +220,8 @@ def fit_laplace(design: Design, family: Family, nAGQ: int = 1) -> GlmmFit:
     with threadpool_limits(limits=1, user_api="blas"):
         model = _LaplaceDeviance(design, family, nAGQ)
         stage1 = _stage_one(model)
+        if nAGQ == 0:  # lme4's nAGQ = 0: stage 1 is the fit
+            return _stage_one_fit(model, stage1, started)
         theta, beta, log_aux, result, n_stage2 = _stage_two(model, stage1)
         parameters = np.concatenate([theta, beta, log_aux])
         # lme4's deviance jumps where PIRLS takes one more step; differentiate the smooth branch of the optimum
@@ -255,6 +259,32 @@ def fit_laplace(design: Design, family: Family, nAGQ: int = 1) -> GlmmFit:
         message=message,
         n_evaluations=stage1.nfev + n_stage2,
         seconds=time.perf_counter() - started,
+    )
+
+
+def _stage_one_fit(model: "_LaplaceDeviance", stage1: "_StageOne", started: float) -> GlmmFit:
+    """The fit of lme4's ``nAGQ = 0``: ``theta`` optimised with ``beta`` and ``u`` at their joint mode.
+
+    The deviance is stage 1's objective at its optimum (the Laplace approximation with ``beta`` and ``u``
+    at their joint mode), as lme4 reports it; the covariance of ``beta`` is ``(RX'RX)^-1`` at the
+    conditional modes, as lme4 (there is no Hessian to use).
+    """
+    theta, beta = stage1.theta, stage1.beta
+    aux = model.aux(np.zeros(0))
+    joint = model.pirls(theta, beta, aux, joint=True)  # stage 1's objective at its optimum: lme4's deviance
+    deviance = float(joint.penalized + joint.factor.log_det)
+    mode = model.pirls(theta, beta, aux)
+    cp = model.pls.crossproducts(model.X, np.zeros(len(model.y)), mode.terms.weights)
+    vcov = model.pls.unscaled_covbeta(model.pls.solve(theta, cp))
+    message = "nAGQ = 0: theta optimised with the fixed effects in PIRLS" + ("" if stage1.success else " (optimizer failed)")
+    if not stage1.success:
+        warnings.warn(f"optimizer did not converge: {message}", ConvergenceWarning, stacklevel=4)
+    _warn_if_separated(model.design, model.family, mode.terms.mu)
+    return GlmmFit(
+        theta=theta, beta=beta, aux=aux, vcov=vcov, vcov_method="(RX'RX)^-1 at the conditional modes (nAGQ = 0)",
+        ranef=model.pls.effects(theta, mode.u), eta=mode.terms.eta, deviance=deviance,
+        nAGQ=0, converged=bool(stage1.success), singular=bool(np.any(theta[model.diagonal] < SINGULAR_TOLERANCE)),
+        message=message, n_evaluations=stage1.nfev, seconds=time.perf_counter() - started,
     )
 
 
@@ -296,10 +326,15 @@ def _validate(design: Design, family: Family, nAGQ: int) -> None:
             f"formula {design.formula.text!r} has no random-effects term such as '(1 | group)'; "
             "a generalized linear mixed model needs one"
         )
-    if isinstance(nAGQ, bool) or not isinstance(nAGQ, int | np.integer) or nAGQ < 1:
+    if isinstance(nAGQ, bool) or not isinstance(nAGQ, int | np.integer) or nAGQ < 0:
         raise DataError(
-            f"nAGQ must be a positive integer (1: Laplace approximation; 2 or more: adaptive "
-            f"Gauss-Hermite quadrature), got {nAGQ!r}"
+            f"nAGQ must be a non-negative integer (0: fixed effects in PIRLS, lme4's fast fit; 1: Laplace "
+            f"approximation; 2 or more: adaptive Gauss-Hermite quadrature), got {nAGQ!r}"
+        )
+    if nAGQ == 0 and family.name == "negbinomial":
+        raise UnsupportedSyntaxError(
+            "nAGQ = 0 leaves the negative binomial's dispersion at its starting value (the dispersion is "
+            "estimated with the Laplace deviance); use nAGQ=1"
         )
     if nAGQ > 1 and (len(design.blocks) != 1 or design.blocks[0].n_terms != 1):
         raise UnsupportedSyntaxError(
@@ -497,7 +532,7 @@ class _LaplaceDeviance:
         except (_PirlsFailure, np.linalg.LinAlgError, linalg.LinAlgError, ValueError):
             self.u = np.zeros(self.pls.q)
             return np.inf
-        if self.nAGQ == 1:
+        if self.nAGQ <= 1:  # nAGQ = 0 reports the Laplace deviance too, as lme4
             return float(mode.penalized + mode.factor.log_det)
         return self._quadrature(theta, mode, aux)
 

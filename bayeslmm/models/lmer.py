@@ -267,7 +267,8 @@ class Lmer(Model):
             another family is an error (GLMMs have no REML criterion).
         nAGQ : int, default 1
             GLMMs: quadrature nodes per group; 1 is the Laplace approximation, more needs a single
-            scalar random effect ``(1 | g)`` (as lme4).
+            scalar random effect ``(1 | g)`` (as lme4); 0 is lme4's fast fit, the fixed effects
+            estimated inside PIRLS (binomial and Poisson).
 
         Returns
         -------

@@ -398,8 +398,8 @@ class FrequentistResult:
         if not self.glmm:
             method = "REML" if self.REML else "maximum likelihood"
             return f"Linear mixed model fit by {method} (lme4 algorithm, bayeslmm)"
-        approximation = (
-            "Laplace approximation" if self.nAGQ == 1 else f"adaptive Gauss-Hermite quadrature, nAGQ = {self.nAGQ}"
+        approximation = {0: "Laplace approximation, nAGQ = 0: fixed effects in PIRLS", 1: "Laplace approximation"}.get(
+            self.nAGQ, f"adaptive Gauss-Hermite quadrature, nAGQ = {self.nAGQ}"
         )
         reference = "glmmTMB" if self.aux else "lme4"
         return f"Generalized linear mixed model fit by maximum likelihood ({approximation}; {reference} algorithm, bayeslmm)"
@@ -488,7 +488,8 @@ def fit_frequentist(
         Gaussian (default), binomial, Poisson or negative binomial.
     nAGQ : int, default 1
         GLMMs: 1 for the Laplace approximation, more for adaptive Gauss-Hermite quadrature with that
-        many nodes (a single scalar random effect only, as lme4).
+        many nodes (a single scalar random effect only, as lme4), 0 for lme4's fast fit (the fixed
+        effects estimated inside PIRLS; not for the negative binomial).
 
     Returns
     -------
