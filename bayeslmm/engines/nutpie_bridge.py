@@ -28,10 +28,12 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import xarray as xr
+
+from bayeslmm.engines.progress import Progress, nutpie_callback
 
 __all__ = ["core", "CallbackDensity", "sample_nuts", "SUPPORTED_NUTPIE"]
 
@@ -117,6 +119,27 @@ class CallbackDensity:
     init: np.ndarray | None = None
     jitter: float = 0.5
 
+    @classmethod
+    def over_arrays(cls, n_dim: int, callbacks: tuple[int, int], arrays: tuple, init: np.ndarray | None = None,
+                    jitter: float = 0.5) -> "CallbackDensity":
+        """A density whose callbacks read ``arrays`` through ``user_data`` = (address, length) of each,
+        in order, as uint64: the layout the numba kernels' ``_c_logp`` unpack.
+
+        Parameters
+        ----------
+        n_dim : int
+        callbacks : (int, int)
+            Addresses of the log-density and expand callbacks.
+        arrays : tuple of ndarray
+            C-contiguous, in the order the callback reads them.
+        init, jitter
+            As the attributes.
+        """
+        header = np.array([v for a in arrays for v in (a.ctypes.data, a.size)], dtype=np.uint64)
+        logp, expand = callbacks
+        return cls(n_dim=n_dim, logp_address=logp, expand_address=expand, user_data=header, arrays=arrays,
+                   init=init, jitter=jitter)
+
     def initial_point(self, seed: int) -> np.ndarray:
         rng = np.random.default_rng(seed)
         init = np.zeros(self.n_dim) if self.init is None else self.init
@@ -131,7 +154,7 @@ def sample_nuts(
     chains: int,
     random_seed: int | None,
     cores: int | None = None,
-    progress: Callable[[list], None] | None = None,
+    progressbar: bool = False,
     **settings: Any,
 ) -> tuple[np.ndarray, xr.Dataset]:
     """Sample ``density`` with nutpie's NUTS (diagonal mass-matrix adaptation).
@@ -143,9 +166,9 @@ def sample_nuts(
     random_seed : int or None
     cores : int, optional
         Chains run in parallel on this many threads (default: min(chains, 2)).
-    progress : callable, optional
-        Called about every 100 ms from a background thread with nutpie's per-chain progress objects
-        (``finished_draws``, ``total_draws``, ``divergences``, ``tuning``).
+    progressbar : bool
+        Show bayeslmm's progress display (:class:`bayeslmm.engines.progress.Progress`), fed about every
+        100 ms from nutpie's per-chain progress objects.
     **settings
         nutpie sampler settings, e.g. ``target_accept``, ``maxdepth``.
 
@@ -161,15 +184,17 @@ def sample_nuts(
     seed = int(np.random.default_rng(random_seed).integers(2**63)) if random_seed is None else int(random_seed)
     options = _lib_settings(lib, seed, draws, tune, chains, settings)
     model = _model(lib, density)
-    sampler = lib.PySampler.from_pymc(
-        options, int(cores or min(chains, 2)), model, lib.ProgressType.none(), progress, 100, lib.PyStorage.arrow()
-    )
-    try:
-        sampler.wait(None)
-    except KeyboardInterrupt:
-        sampler.abort()
-        raise
-    results = sampler.take_results()
+    with Progress(chains * (draws + tune), f"Sampling {chains} chains", "draws", enabled=progressbar) as bar:
+        sampler = lib.PySampler.from_pymc(
+            options, int(cores or min(chains, 2)), model, lib.ProgressType.none(),
+            nutpie_callback(bar) if progressbar else None, 100, lib.PyStorage.arrow(),
+        )
+        try:
+            sampler.wait(None)
+        except KeyboardInterrupt:
+            sampler.abort()
+            raise
+        results = sampler.take_results()
     return _read_trace(results, options, density.n_dim)
 
 

@@ -32,7 +32,7 @@ import pandas as pd
 import xarray as xr
 
 from bayeslmm.engines.progress import Progress
-from bayeslmm.engines.sampling import SamplerSettings
+from bayeslmm.engines.sampling import SamplerSettings, posterior_tree
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.priors import ModelPriors
 from bayeslmm.spec.random_effects import FixedEffects
@@ -285,8 +285,7 @@ def sample_tree(
         coords={"chain": np.arange(chains), "draw": np.arange(draws)},
         attrs={"inference_library": "bayeslmm", "sampler": "exact Gaussian regression"},
     )
-    observed = xr.Dataset({"y": (("obs",), design.y)}, coords={"obs": np.arange(design.n_obs)})
-    tree = xr.DataTree.from_dict({"posterior": posterior, "sample_stats": stats, "observed_data": observed})
+    tree = posterior_tree(posterior, stats, design.y)
     rate = float(accepted.mean()) if accepted.size else 1.0
     settings = SamplerSettings(
         sampler=f"exact regression (independence MH on sigma, {rate:.1%} accepted)",

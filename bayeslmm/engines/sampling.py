@@ -23,6 +23,7 @@ __all__ = [
     "check_random_seed",
     "auto_progressbar",
     "resolve_progressbar",
+    "posterior_tree",
 ]
 
 
@@ -55,6 +56,17 @@ SAMPLER_OPTIONS: dict[str, str] = {
     "nuts_sampler": "'nutpie' or 'pymc' (the NUTS implementation of the full PyMC model)",
     "method": "'auto', 'nuts' or 'imh' (how the collapsed sampler samples the variance parameters)",
 }
+
+
+def posterior_tree(posterior, sample_stats, y: np.ndarray, keep: list[str] | None = None):
+    """What every sampler returns: ``posterior`` (only ``keep``'s variables, when given),
+    ``sample_stats`` and ``observed_data`` (``y`` on ``obs``), as an ``xarray.DataTree``."""
+    import xarray as xr  # not at import: the command line and ``import bayeslmm`` never need it
+
+    if keep is not None:
+        posterior = posterior[[name for name in keep if name in posterior]]
+    observed = xr.Dataset({"y": (("obs",), np.asarray(y, dtype=float))}, coords={"obs": np.arange(len(y))})
+    return xr.DataTree.from_dict({"posterior": posterior, "sample_stats": sample_stats, "observed_data": observed})
 
 
 def check_sampler_arguments(draws: Any, tune: Any, chains: Any) -> None:

@@ -58,8 +58,7 @@ from bayeslmm.engines.collapsed.packing import (
     unpack_theta,
 )
 from bayeslmm.engines.nutpie_bridge import CallbackDensity, sample_nuts
-from bayeslmm.engines.progress import Progress, nutpie_callback
-from bayeslmm.engines.sampling import SamplerSettings
+from bayeslmm.engines.sampling import SamplerSettings, posterior_tree
 from bayeslmm.errors import ConvergenceWarning
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.priors import ModelPriors
@@ -81,6 +80,10 @@ __all__ = [
 #: Largest dense Schur complement (fixed effects plus all but the largest block's columns) handled here.
 #: One log density costs a dense Cholesky of that size (about R^3 / 3 flops; 20-40 ms at R = 1144).
 MAX_DENSE = 2048
+#: NUTS's target acceptance rate unless the user sets one. A singular fit (a slope SD at 0 that leaves
+#: the correlation free, as Simpson's data with ``(x | participant)``) diverged once or more in half of
+#: the seeds at nutpie's 0.8, in none of 8 at 0.9, in a time within run-to-run noise.
+TARGET_ACCEPT = 0.9
 #: Up to this size the variance parameters are sampled by NUTS (nutpie), which needs gradients (about
 #: 3 R^3 flops each); above it by the gradient-free independence Metropolis sampler :func:`sample_imh`.
 MAX_NUTS = 64
@@ -177,13 +180,13 @@ def sample_marginal(
         del gamma
         sampler = "independence MH, marginal"
     else:
-        theta, stats = _sample_nuts(packed, draws, tune, chains, random_seed, progressbar, options)
+        theta, stats = sample_nuts(
+            density(packed), draws=draws, tune=tune, chains=chains, random_seed=random_seed, progressbar=progressbar,
+            **({"target_accept": TARGET_ACCEPT} | options),
+        )
         posterior = posterior_from_theta(packed, design, theta, np.random.default_rng(random_seed))
         sampler = "nutpie, marginal"
-    if keep is not None:
-        posterior = posterior[[name for name in keep if name in posterior]]
-    observed = xr.Dataset({"y": (("obs",), design.y)}, coords={"obs": np.arange(design.n_obs)})
-    tree = xr.DataTree.from_dict({"posterior": posterior, "sample_stats": stats, "observed_data": observed})
+    tree = posterior_tree(posterior, stats, design.y, keep)
     settings = SamplerSettings(
         sampler=sampler, draws=draws, tune=tune, chains=chains, random_seed=random_seed,
         seconds=time.perf_counter() - start,
@@ -195,28 +198,4 @@ def density(packed: Packed) -> CallbackDensity:
     """The collapsed log density of ``packed`` as nutpie callbacks."""
     from bayeslmm.engines.collapsed.kernels import callbacks  # numba: loaded on first use
 
-    logp, expand = callbacks()
-    arrays = tuple(packed.floats + packed.ints)
-    header = np.array([v for a in arrays for v in (a.ctypes.data, a.size)], dtype=np.uint64)
-    return CallbackDensity(
-        n_dim=packed.n_dim, logp_address=logp, expand_address=expand, user_data=header, arrays=arrays,
-        init=packed.init,
-    )
-
-
-#: NUTS's target acceptance rate unless the user sets one. A singular fit (a slope SD at 0 that leaves
-#: the correlation free, as Simpson's data with ``(x | participant)``) diverged once or more in half of
-#: the seeds at nutpie's 0.8, in none of 8 at 0.9, for about 10% more time.
-TARGET_ACCEPT = 0.9
-
-
-def _sample_nuts(packed: Packed, draws: int, tune: int, chains: int, random_seed: int | None,
-                 progressbar: bool, options: dict) -> tuple[np.ndarray, xr.Dataset]:
-    """Draws of the variance parameters (chains, draws, d) and sample_stats from nutpie's NUTS."""
-    options = {"target_accept": TARGET_ACCEPT} | options
-    cores = options.pop("cores", None)
-    with Progress(chains * (draws + tune), f"Sampling {chains} chains", "draws", enabled=progressbar) as bar:
-        return sample_nuts(
-            density(packed), draws=draws, tune=tune, chains=chains, random_seed=random_seed, cores=cores,
-            progress=nutpie_callback(bar) if progressbar else None, **options,
-        )
+    return CallbackDensity.over_arrays(packed.n_dim, callbacks(), tuple(packed.floats + packed.ints), packed.init)

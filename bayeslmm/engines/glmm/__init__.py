@@ -71,7 +71,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import numpy as np
 import xarray as xr
 
 from bayeslmm.engines.collapsed.packing import prior_code
@@ -84,8 +83,7 @@ from bayeslmm.engines.glmm.packing import (
     posterior_from_draws,
 )
 from bayeslmm.engines.nutpie_bridge import CallbackDensity, sample_nuts
-from bayeslmm.engines.progress import Progress, nutpie_callback
-from bayeslmm.engines.sampling import SamplerSettings
+from bayeslmm.engines.sampling import SamplerSettings, posterior_tree
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.priors import ModelPriors
 
@@ -116,13 +114,7 @@ def density(packed: Packed) -> CallbackDensity:
     """The joint log density of ``packed`` as nutpie callbacks."""
     from bayeslmm.engines.glmm.kernels import callbacks
 
-    logp, expand = callbacks()
-    arrays = tuple(packed.floats + packed.ints)
-    header = np.array([v for a in arrays for v in (a.ctypes.data, a.size)], dtype=np.uint64)
-    return CallbackDensity(
-        n_dim=packed.n_dim, logp_address=logp, expand_address=expand, user_data=header, arrays=arrays,
-        init=packed.init, jitter=0.5,
-    )
+    return CallbackDensity.over_arrays(packed.n_dim, callbacks(), tuple(packed.floats + packed.ints), packed.init)
 
 
 def sample_glmm(
@@ -160,26 +152,20 @@ def sample_glmm(
     -------
     idata : xarray.DataTree
         ``posterior`` with the variables and dims of the general model (``beta``, ``dispersion`` for
-        the negative binomial, ``sd_*``, ``corr_*``, ``ranef_*``), ``sample_stats`` (nutpie's, with
-        ``diverging``) and ``observed_data``.
+        the negative binomial or ``sigma`` for the gaussian, ``sd_*``, ``corr_*``, ``ranef_*``),
+        ``sample_stats`` (nutpie's, with ``diverging``) and ``observed_data``.
     settings : SamplerSettings
     """
     options = dict(options)
     options.pop("nuts_sampler", None)
     options.pop("method", None)
-    cores = options.pop("cores", None)
     start = time.perf_counter()
     packed = pack(design, priors, family)
-    with Progress(chains * (draws + tune), f"Sampling {chains} chains", "draws", enabled=progressbar) as bar:
-        xs, stats = sample_nuts(
-            density(packed), draws=draws, tune=tune, chains=chains, random_seed=random_seed, cores=cores,
-            progress=nutpie_callback(bar) if progressbar else None, **options,
-        )
-    posterior = posterior_from_draws(packed, design, family, xs)
-    if keep is not None:
-        posterior = posterior[[name for name in keep if name in posterior]]
-    observed = xr.Dataset({"y": (("obs",), design.y)}, coords={"obs": np.arange(design.n_obs)})
-    tree = xr.DataTree.from_dict({"posterior": posterior, "sample_stats": stats, "observed_data": observed})
+    xs, stats = sample_nuts(
+        density(packed), draws=draws, tune=tune, chains=chains, random_seed=random_seed, progressbar=progressbar,
+        **options,
+    )
+    tree = posterior_tree(posterior_from_draws(packed, design, family, xs), stats, design.y, keep)
     settings = SamplerSettings(
         sampler=SAMPLER_LABEL, draws=draws, tune=tune, chains=chains, random_seed=random_seed,
         seconds=time.perf_counter() - start,

@@ -43,7 +43,17 @@ import math
 import numpy as np
 from numba import carray, cfunc, njit, types
 
-from bayeslmm.engines.collapsed.kernels import _as_void_pointer, _corr_cholesky, _positive_logp, _sd_transform
+# numba's disk cache watches only this file: after changing one of these helpers in the collapsed
+# kernels, touch this file too (or clear the cache) so that the GLMM kernels recompile with it
+from bayeslmm.engines.collapsed.kernels import (
+    _EXPAND_SIG,
+    _LOGP_SIG,
+    _as_void_pointer,
+    _c_expand,
+    _corr_cholesky,
+    _positive_logp,
+    _sd_transform,
+)
 from bayeslmm.engines.glmm.codes import (  # noqa: F401 -- the kernels compile these in
     CLOGLOG,
     F_CAUCHY,
@@ -886,14 +896,6 @@ def evaluate_many(xs, mode, outs, values, y, trials, offset, X, Zv, H, c, A, cva
 N_FLOAT = 16  # y, trials, offset, X, Zv, H, c, A, cval, bhat, bref, beta_par, fixed_par, prior_par, eta_lkj, ytab
 N_INT = 4  # gidx, cptr, ccol, meta
 
-_LOGP_SIG = types.int64(
-    types.uint64, types.CPointer(types.double), types.CPointer(types.double), types.CPointer(types.double), types.voidptr
-)
-_EXPAND_SIG = types.int64(
-    types.uint64, types.uint64, types.CPointer(types.double), types.CPointer(types.double), types.voidptr
-)
-
-
 def _c_logp(dim, x_, out_, logp_, user_data):
     """nutpie's C log-density callback: ``user_data`` points to (address, length) pairs of the arrays."""
     try:
@@ -938,15 +940,6 @@ def _c_logp(dim, x_, out_, logp_, user_data):
                 return 3
     except Exception:  # noqa: BLE001 -- an invalid point is a rejected point, not a crash
         return 1
-    return 0
-
-
-def _c_expand(dim, expanded, x_, out_, user_data):
-    """nutpie's expand callback: keep the unconstrained point; everything else is derived afterwards."""
-    x = carray(x_, (dim,))
-    out = carray(out_, (expanded,))
-    for i in range(dim):
-        out[i] = x[i]
     return 0
 
 
