@@ -271,18 +271,15 @@ def _stage_one_fit(model: "_LaplaceDeviance", stage1: "_StageOne", started: floa
     """
     theta, beta = stage1.theta, stage1.beta
     aux = model.aux(np.zeros(0))
-    joint = model.pirls(theta, beta, aux, joint=True)  # stage 1's objective at its optimum: lme4's deviance
-    deviance = float(joint.penalized + joint.factor.log_det)
     mode = model.pirls(theta, beta, aux)
-    cp = model.pls.crossproducts(model.X, np.zeros(len(model.y)), mode.terms.weights)
-    vcov = model.pls.unscaled_covbeta(model.pls.solve(theta, cp))
+    vcov = _rx_covariance(model, theta, mode)
     message = "nAGQ = 0: theta optimised with the fixed effects in PIRLS" + ("" if stage1.success else " (optimizer failed)")
     if not stage1.success:
         warnings.warn(f"optimizer did not converge: {message}", ConvergenceWarning, stacklevel=4)
     _warn_if_separated(model.design, model.family, mode.terms.mu)
     return GlmmFit(
         theta=theta, beta=beta, aux=aux, vcov=vcov, vcov_method="(RX'RX)^-1 at the conditional modes (nAGQ = 0)",
-        ranef=model.pls.effects(theta, mode.u), eta=mode.terms.eta, deviance=deviance,
+        ranef=model.pls.effects(theta, mode.u), eta=mode.terms.eta, deviance=stage1.deviance,
         nAGQ=0, converged=bool(stage1.success), singular=bool(np.any(theta[model.diagonal] < SINGULAR_TOLERANCE)),
         message=message, n_evaluations=stage1.nfev, seconds=time.perf_counter() - started,
     )
@@ -580,10 +577,12 @@ class _LaplaceDeviance:
 
 @dataclass
 class _StageOne:
-    """Stage 1's estimates, whether its optimiser succeeded, and its number of evaluations."""
+    """Stage 1's estimates, its objective there (the deviance of lme4's ``nAGQ = 0`` fit), whether its
+    optimiser succeeded, and its number of evaluations."""
 
     theta: np.ndarray
     beta: np.ndarray
+    deviance: float
     success: bool
     nfev: int
 
@@ -619,7 +618,7 @@ def _stage_one(model: _LaplaceDeviance) -> _StageOne:
 
     result, n_evaluations = _minimize_by_branch(model, objective, theta0, model.diagonal, steps_at, _STAGE_ONE_RADIUS)
     theta = snap_to_bounds(result.x, model.diagonal)
-    objective(theta)  # beta, u and (RX'RX)^-1 at the optimum itself, as lme4 re-evaluates
+    deviance = objective(theta)  # beta, u and (RX'RX)^-1 at the optimum itself, as lme4 re-evaluates
     mode = found["mode"]
     if mode is None or not np.all(np.isfinite(mode.beta)):
         raise DataError(
@@ -630,7 +629,7 @@ def _stage_one(model: _LaplaceDeviance) -> _StageOne:
     if model.lme4:
         model.start_eta = mode.terms.eta  # lme4's lp0 of stage 2
     model.beta_scale = np.sqrt(np.maximum(np.diag(mode.unscaled), _EPS))
-    return _StageOne(theta, mode.beta, bool(result.success), n_evaluations)
+    return _StageOne(theta, mode.beta, float(deviance), bool(result.success), n_evaluations)
 
 
 def _stage_two(model: _LaplaceDeviance, stage1: _StageOne):
@@ -733,6 +732,10 @@ def _beta_covariance(model: _LaplaceDeviance, hess: np.ndarray, theta: np.ndarra
         linalg.cholesky(hess, lower=True)
         return 2.0 * linalg.inv(hess)[m : m + p, m : m + p], "Hessian of the deviance"
     except (np.linalg.LinAlgError, linalg.LinAlgError):
-        cp = model.pls.crossproducts(model.X, np.zeros(len(model.y)), mode.terms.weights)
-        unscaled = model.pls.unscaled_covbeta(model.pls.solve(theta, cp))
-        return unscaled, "(RX'RX)^-1 at the conditional modes (the deviance's Hessian is not positive definite)"
+        return _rx_covariance(model, theta, mode), "(RX'RX)^-1 at the conditional modes (the deviance's Hessian is not positive definite)"
+
+
+def _rx_covariance(model: _LaplaceDeviance, theta: np.ndarray, mode: _Mode) -> np.ndarray:
+    """``(RX'RX)^-1`` with the GLM weights at the conditional modes: lme4's ``use.hessian = FALSE``."""
+    cp = model.pls.crossproducts(model.X, np.zeros(len(model.y)), mode.terms.weights)
+    return model.pls.unscaled_covbeta(model.pls.solve(theta, cp))
