@@ -488,8 +488,8 @@ def _simulate_and_fit(plan: _Plan, task: tuple[int, int], seed: np.random.SeedSe
     rng = np.random.default_rng(seed)
     simulated = dataclasses.replace(design, y=simulate_response(design, plan.parameters, rng, spec.family))
     freq = fit_frequentist(simulated, family=spec.family)
-    estimate, se, statistic, df, p = _frequentist_test(freq, plan.term, plan.hypotheses[size])
     L = plan.hypotheses[size]
+    estimate, se, statistic, df, p = _frequentist_test(freq, plan.term, L)
     priors = default_priors(simulated, spec.priors, spec.family)
     threads = task_threads()
     options = {"random_seed": int(rng.integers(2**32)), **plan.bayes, **({} if threads is None else {"cores": threads})}

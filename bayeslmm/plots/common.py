@@ -156,6 +156,13 @@ def check_probs(probs: Sequence[float]) -> None:
         raise ValueError(f"probabilities must be numbers between 0 and 1, got {probs!r}")
 
 
+def check_probability(**values: Any) -> None:
+    """Each named value lies strictly between 0 and 1 (an interval's or band's probability)."""
+    for name, value in values.items():
+        if not 0 < value < 1:
+            raise ValueError(f"{name} must be between 0 and 1, got {value!r}")
+
+
 def check_positive_int(**values: Any) -> None:
     for name, value in values.items():
         if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:

@@ -27,7 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from bayeslmm.errors import DataError
-from bayeslmm.plots.common import check_fitted, check_positive_int
+from bayeslmm.plots.common import check_fitted, check_positive_int, check_probability
 from bayeslmm.plots.style import COLORS, OKABE_ITO, finish_figure, percent, shorten, single_axes
 
 __all__ = ["plot_rootogram", "plot_ppc_groups"]
@@ -86,8 +86,7 @@ def plot_rootogram(
     check_fitted(model, "plot_rootogram")
     _check_discrete(model, "plot_rootogram")
     check_positive_int(n_draws=n_draws)
-    if not 0 < prob < 1:
-        raise ValueError(f"prob must be between 0 and 1, got {prob!r}")
+    check_probability(prob=prob)
     y = np.asarray(model.design.y, dtype=float)
     replicated = model.posterior_predictive(n_draws=n_draws, random_seed=seed)
     if max_count is None:
@@ -180,8 +179,7 @@ def plot_ppc_groups(
     check_fitted(model, "plot_ppc_groups")
     _check_discrete(model, "plot_ppc_groups")
     check_positive_int(n_draws=n_draws, max_groups=max_groups)
-    if not 0 < prob < 1:
-        raise ValueError(f"prob must be between 0 and 1, got {prob!r}")
+    check_probability(prob=prob)
     design = model.design
     codes, levels, factor = _group_codes(design, group)
     binomial = model.family.name == "binomial"

@@ -17,6 +17,7 @@ from bayeslmm.engines.posterior_names import var_names
 from bayeslmm.plots.common import (
     check_fitted,
     check_positive_int,
+    check_probability,
     fixed_means,
     flat_draws,
     group_draws,
@@ -100,8 +101,7 @@ def plot_shrinkage(
     chosen = resolve_terms(terms, available, f"terms with a group effect on {factor!r}")
     if len(chosen) > 2:
         raise ValueError(f"plot_shrinkage draws one or two terms, got {len(chosen)}: {chosen}")
-    if not 0 < ellipse_prob < 1:
-        raise ValueError(f"ellipse_prob must be between 0 and 1, got {ellipse_prob!r}")
+    check_probability(ellipse_prob=ellipse_prob)
 
     posterior = model.posterior
     partial_draws = group_draws(design, posterior, factor, chosen, total=True)  # (S, G, t)
