@@ -1,10 +1,14 @@
-"""The numba kernels of every engine, compiled ahead of time with ``bayeslmm compile``.
+"""The samplers' kernels, compiled ahead of time with ``bayeslmm compile``.
 
-numba compiles a kernel the first time it runs and caches the machine code on disk (``cache=True``,
-in ``__pycache__`` next to the source, or ``NUMBA_CACHE_DIR``), so every later process loads it in a
-fraction of a second. The first compile takes about 20 s per engine (collapsed Gaussian and GLMM
-samplers) on a laptop-class CPU. To keep that out of the first fit, the installation (``scripts/bootstrap.sh``) runs :func:`compile_all`; pip users can run
-``bayeslmm compile`` once after installing. A fit that finds no cache compiles as before.
+Two steps, both once per installation (``scripts/bootstrap.sh`` runs them; pip users run
+``bayeslmm compile``):
+
+1. numba compiles each engine's kernels (collapsed Gaussian and GLMM samplers, 30-70 s each) and caches
+   the machine code on disk (``cache=True``: ``__pycache__`` next to the source, or ``NUMBA_CACHE_DIR``).
+2. :func:`bayeslmm.engines.native.build` links that code into a shared library (a few seconds), which
+   fits then load with ctypes without importing numba: a whole short script is about 1 s faster.
+
+A fit that finds no library loads numba's cached kernels, and one that finds no cache compiles them.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-__all__ = ["KERNELS", "compile_all"]
+__all__ = ["KERNELS", "compile_all", "load_all"]
 
 
 def _collapsed() -> None:
@@ -35,7 +39,13 @@ KERNELS: dict[str, Callable[[], None]] = {
 
 
 def compile_all(report: Callable[[str], None] | None = None) -> dict[str, float]:
-    """Compile every engine's kernels; return the seconds each took (a cached kernel takes well under 1 s)."""
+    """Compile every engine's kernels with numba, then build the native library from them.
+
+    Returns the seconds each step took (cached kernels load in about a second; an existing library is
+    not rebuilt). ``report`` receives one line per step, and the reason when no library can be built.
+    """
+    from bayeslmm.engines import native
+
     seconds = {}
     for name, compile_kernel in KERNELS.items():
         start = time.perf_counter()
@@ -43,4 +53,19 @@ def compile_all(report: Callable[[str], None] | None = None) -> dict[str, float]
         seconds[name] = time.perf_counter() - start
         if report is not None:
             report(f"{name}: {seconds[name]:.1f} s")
+    start = time.perf_counter()
+    path = native.build(report)
+    seconds["native library"] = time.perf_counter() - start
+    if report is not None and path is not None:
+        report(f"native library: {seconds['native library']:.1f} s ({path})")
     return seconds
+
+
+def load_all() -> str:
+    """Load every engine's kernels into this process (a worker's first task need not); returns where
+    they came from, ``"native"`` or ``"numba"`` (:func:`bayeslmm.engines.native.source`)."""
+    from bayeslmm.engines import native
+
+    for engine in native.ENGINES:
+        native.addresses(engine)
+    return native.source()

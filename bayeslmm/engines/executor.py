@@ -12,7 +12,7 @@ results in task order:
 - **Local processes** (the default: ``workers=None`` uses every core this process may run on): a pool
   of worker processes started with the ``spawn`` method (numba and threads do not survive ``fork``),
   kept for later calls, so only the first call pays the start-up (2-3 s: Python, the imports and the
-  cached numba kernels, loaded once per worker by :func:`~bayeslmm.engines.compiled.compile_all`).
+  compiled kernels, loaded once per worker by :func:`~bayeslmm.engines.compiled.load_all`).
   ``shared`` is written once to a temporary file that each worker reads once, not sent with every task.
 - **Dask** (``client=``, a :class:`distributed.Client` or a scheduler address): the same tasks on a
   Dask cluster; ``shared`` is scattered to every worker once, the kernels load on a worker's first task.
@@ -349,15 +349,15 @@ def _failure(index: int, task: Any, seed: Any, exc: BaseException, trace: str = 
 
 
 def _load_kernels() -> None:
-    """Once per worker process: the compiled kernels loaded (from numba's cache on disk)."""
+    """Once per worker process: the compiled kernels loaded (the native library, or numba's cache)."""
     global _READY
     if _READY:
         return
     with _READY_LOCK:
         if not _READY:
-            from bayeslmm.engines.compiled import compile_all
+            from bayeslmm.engines.compiled import load_all
 
-            compile_all()
+            load_all()
             _READY = True
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from bayeslmm.engines.posterior_names import indexed
 from bayeslmm.engines.progress import Progress, nutpie_callback
 
 __all__ = ["core", "CallbackDensity", "sample_nuts", "SUPPORTED_NUTPIE"]
@@ -273,5 +274,5 @@ def _read_trace(results, settings, n_dim: int) -> tuple[np.ndarray, xr.Dataset]:
         "inference_library_settings": json.dumps(settings.as_dict()),
     }
     coords = {"chain": np.arange(chains), "draw": np.arange(n_draws)}
-    stats = xr.Dataset({k: (("chain", "draw"), v) for k, v in data.items()}, coords=coords, attrs=attrs)
+    stats = xr.Dataset({k: (("chain", "draw"), v) for k, v in data.items()}, coords=indexed(coords), attrs=attrs)
     return theta, stats

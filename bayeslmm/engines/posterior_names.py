@@ -15,9 +15,25 @@ name                dims                           meaning
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
 from bayeslmm.spec.random_effects import RandomBlock
 
-__all__ = ["var_names"]
+__all__ = ["var_names", "indexed"]
+
+
+def indexed(coords: Mapping[str, Any]) -> dict[str, pd.Index]:
+    """Coordinates as pandas Indexes (numbers keep their dtype; text becomes object, as xarray stores it
+    in an index anyway), for every Dataset a fit builds.
+
+    xarray turns any other coordinate array into an index through a check for pydata-sparse arrays,
+    which imports sparse (a dependency of Bambi) and with it numba: 0.5 s or more, and more again at
+    exit, in a process that otherwise never loads numba (:mod:`bayeslmm.engines.native`).
+    """
+    return {name: values if isinstance(values, pd.Index) else pd.Index(values) for name, values in coords.items()}
 
 
 def var_names(block: RandomBlock) -> dict[str, str]:

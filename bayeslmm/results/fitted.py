@@ -195,7 +195,7 @@ class FittedModel:
             posterior = self.posterior
             values = self._pointwise_log_likelihood(posterior)
             dataset = xr.Dataset({"y": (("chain", "draw", "obs"), values)})
-            dataset = dataset.assign_coords(chain=posterior.chain, draw=posterior.draw, obs=np.arange(values.shape[-1]))
+            dataset = dataset.assign_coords(chain=posterior.chain, draw=posterior.draw, obs=pd.Index(np.arange(values.shape[-1])))
             self.idata["log_likelihood"] = xr.DataTree(dataset)
         return self.idata["log_likelihood"]["y"]
 

@@ -30,13 +30,11 @@ def _log_density_many(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Log densities at the rows of ``xs`` on ``cores`` threads; with ``zs`` also conditional draws of gamma.
 
-    The threads run :func:`evaluate_many` on small slices taken in turn (the kernel releases the GIL;
+    The threads run :meth:`Packed.evaluate_many` on small slices taken in turn (the kernel releases the GIL;
     slices balance the load on a busy machine) with BLAS limited to one thread, so that they do not
     compete for the cores. Every row depends only on its own inputs: the result does not depend on
     ``cores``.
     """
-    from bayeslmm.engines.collapsed.kernels import evaluate_many  # numba: loaded on first use
-
     xs = np.ascontiguousarray(xs, dtype=float)
     n = xs.shape[0]
     out = np.empty(n)
@@ -51,7 +49,7 @@ def _log_density_many(
 
     def run(i):
         a, b = bounds[i], bounds[i + 1]
-        evaluate_many(xs[a:b], mode, zs[a:b], gammas[a:b], out[a:b], *packed.args)
+        packed.evaluate_many(xs[a:b], mode, zs[a:b], gammas[a:b], out[a:b])
         if progress is not None:
             with lock:
                 done[0] += b - a
@@ -74,7 +72,7 @@ class _one_blas_thread:
 
     * Our threads already use the cores; a multi-threaded OpenBLAS Cholesky on a busy machine was
       measured 40x slower (1.6 s instead of 40 ms for R = 1144) than a single-threaded one. SciPy's
-      LAPACK (which numba calls) is loaded first, so that threadpoolctl limits it too.
+      LAPACK (which the kernels call) is loaded first, so that threadpoolctl limits it too.
     * Each density allocates R x R matrices (10 MB at R = 1144). glibc hands blocks that large out as
       fresh mmap-ed pages, and their page faults cost as much as the Cholesky itself (measured 28 ms
       instead of 17 ms for allocate + Cholesky); inside the block glibc keeps them in its heap instead
@@ -86,7 +84,7 @@ class _one_blas_thread:
 
     def __enter__(self):
         try:
-            import scipy.linalg.cython_lapack  # noqa: F401 -- load numba's LAPACK before limiting it
+            import scipy.linalg.cython_lapack  # noqa: F401 -- load the kernels' LAPACK before limiting it
             from threadpoolctl import threadpool_limits
 
             self.limiter = threadpool_limits(1)

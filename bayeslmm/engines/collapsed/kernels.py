@@ -557,6 +557,44 @@ _LOGP_SIG = types.int64(
 _EXPAND_SIG = types.int64(
     types.uint64, types.uint64, types.CPointer(types.double), types.CPointer(types.double), types.voidptr
 )
+# int64 evaluate_many(int64 mode, int64* shape, double* xs, double* a, double* b, double* values, void* data)
+_MANY_SIG = types.int64(
+    types.int64, types.CPointer(types.int64), types.CPointer(types.double), types.CPointer(types.double),
+    types.CPointer(types.double), types.CPointer(types.double), types.voidptr,
+)
+
+
+@njit(cache=True)
+def _header_arrays(hdr):
+    """The kernel's arrays, in :func:`evaluate`'s order, from the (address, length) pairs in ``hdr``
+    (the float64 arrays, then the int64 ones: :meth:`CallbackDensity.over_arrays`)."""
+    f64, i64 = np.float64, np.int64
+    return (
+        carray(_as_void_pointer(hdr[0]), (hdr[1],), dtype=f64),
+        carray(_as_void_pointer(hdr[2]), (hdr[3],), dtype=f64),
+        carray(_as_void_pointer(hdr[4]), (hdr[5],), dtype=f64),
+        carray(_as_void_pointer(hdr[18]), (hdr[19],), dtype=i64),
+        carray(_as_void_pointer(hdr[20]), (hdr[21],), dtype=i64),
+        carray(_as_void_pointer(hdr[6]), (hdr[7],), dtype=f64),
+        carray(_as_void_pointer(hdr[8]), (hdr[9],), dtype=f64),
+        carray(_as_void_pointer(hdr[10]), (hdr[11],), dtype=f64),
+        carray(_as_void_pointer(hdr[12]), (hdr[13],), dtype=f64),
+        carray(_as_void_pointer(hdr[14]), (hdr[15],), dtype=f64),
+        carray(_as_void_pointer(hdr[16]), (hdr[17],), dtype=f64),
+        carray(_as_void_pointer(hdr[22]), (hdr[23],), dtype=i64),
+    )
+
+
+@njit(cache=True)
+def _evaluate_at(x, mode, grad, z, gamma, hdr):
+    """:func:`evaluate` on the arrays in ``hdr`` (star arguments: numba refuses them inside ``try``)."""
+    return evaluate(x, mode, grad, z, gamma, *_header_arrays(hdr))
+
+
+@njit(cache=True)
+def _evaluate_many_at(xs, mode, zs, gammas, values, hdr):
+    """:func:`evaluate_many` on the arrays in ``hdr``."""
+    evaluate_many(xs, mode, zs, gammas, values, *_header_arrays(hdr))
 
 
 def _c_logp(dim, x_, out_, logp_, user_data):
@@ -567,25 +605,8 @@ def _c_logp(dim, x_, out_, logp_, user_data):
         out = carray(out_, (dim,))
         logp = carray(logp_, (1,))
         empty = np.zeros(0)
-        # each array inline, not through a helper taking the index: a constant index argument makes
-        # numba compile one specialisation per value (nine copies), which lengthened the first compile
-        f64, i64 = np.float64, np.int64
         mode = np.int64(MODE_GRAD)  # a typed value, not a literal: one compiled evaluate for every caller
-        value = evaluate(
-            x, mode, out, empty, empty,
-            carray(_as_void_pointer(hdr[0]), (hdr[1],), dtype=f64),
-            carray(_as_void_pointer(hdr[2]), (hdr[3],), dtype=f64),
-            carray(_as_void_pointer(hdr[4]), (hdr[5],), dtype=f64),
-            carray(_as_void_pointer(hdr[18]), (hdr[19],), dtype=i64),
-            carray(_as_void_pointer(hdr[20]), (hdr[21],), dtype=i64),
-            carray(_as_void_pointer(hdr[6]), (hdr[7],), dtype=f64),
-            carray(_as_void_pointer(hdr[8]), (hdr[9],), dtype=f64),
-            carray(_as_void_pointer(hdr[10]), (hdr[11],), dtype=f64),
-            carray(_as_void_pointer(hdr[12]), (hdr[13],), dtype=f64),
-            carray(_as_void_pointer(hdr[14]), (hdr[15],), dtype=f64),
-            carray(_as_void_pointer(hdr[16]), (hdr[17],), dtype=f64),
-            carray(_as_void_pointer(hdr[22]), (hdr[23],), dtype=i64),
-        )
+        value = _evaluate_at(x, mode, out, empty, empty, hdr)
         logp[0] = value
         if not np.isfinite(value):
             return 4
@@ -594,6 +615,16 @@ def _c_logp(dim, x_, out_, logp_, user_data):
                 return 3
     except Exception:  # noqa: BLE001 -- a failed Cholesky is a rejected point, not a crash
         return 1
+    return 0
+
+
+def _c_evaluate_many(mode, shape_, xs_, zs_, gammas_, values_, user_data):
+    """:func:`evaluate_many` as a C function (``bayeslmm.engines.native``): ``shape_`` points to
+    (rows, n_dim, columns of zs, columns of gammas), ``user_data`` as for :func:`_c_logp`."""
+    shape = carray(shape_, (4,), dtype=np.int64)
+    n, d, nz, ng = shape[0], shape[1], shape[2], shape[3]
+    hdr = carray(user_data, (2 * (N_FLOAT + N_INT),), dtype=np.uint64)
+    _evaluate_many_at(carray(xs_, (n, d)), mode, carray(zs_, (n, nz)), carray(gammas_, (n, ng)), carray(values_, (n,)), hdr)
     return 0
 
 
@@ -625,18 +656,24 @@ def evaluate_many(xs, mode, zs, gammas, out, Arr, Aee, Aer_val, Aer_ptr, Aer_col
 
 
 _CALLBACKS: dict = {}
+# the C functions: name -> (signature, Python function)
+_C_FUNCTIONS = {
+    "logp": (_LOGP_SIG, _c_logp), "expand": (_EXPAND_SIG, _c_expand), "evaluate_many": (_MANY_SIG, _c_evaluate_many),
+}
+
+
+def c_function(name: str):
+    """The numba ``CFunc`` ``name`` (``"logp"``, ``"expand"`` or ``"evaluate_many"``), compiled or loaded
+    from numba's disk cache on first use rather than at import."""
+    if name not in _CALLBACKS:
+        signature, function = _C_FUNCTIONS[name]
+        _CALLBACKS[name] = cfunc(signature, cache=True)(function)
+    return _CALLBACKS[name]
 
 
 def callbacks() -> tuple[int, int]:
-    """Addresses of the C log-density and expand callbacks for nutpie.
-
-    Compiled (or loaded from numba's disk cache) on first use rather than at import, so that importing
-    this module costs nothing until a model is sampled.
-    """
-    if not _CALLBACKS:
-        _CALLBACKS["logp"] = cfunc(_LOGP_SIG, cache=True)(_c_logp)
-        _CALLBACKS["expand"] = cfunc(_EXPAND_SIG, cache=True)(_c_expand)
-    return _CALLBACKS["logp"].address, _CALLBACKS["expand"].address
+    """Addresses of the C log-density and expand callbacks for nutpie."""
+    return c_function("logp").address, c_function("expand").address
 
 
 def compile_kernels() -> None:
@@ -645,6 +682,7 @@ def compile_kernels() -> None:
 
     f1, i1 = nt.float64[::1], nt.int64[::1]
     f2 = nt.float64[:, ::1]
-    callbacks()
+    for name in _C_FUNCTIONS:
+        c_function(name)
     evaluate_many.compile((f2, nt.int64, f2, f2, f1, f1, f1, f1, i1, i1, f1, f1, f1, f1, f1, f1, i1))
     evaluate.compile((f1, nt.int64, f1, f1, f1, f1, f1, f1, i1, i1, f1, f1, f1, f1, f1, f1, i1))

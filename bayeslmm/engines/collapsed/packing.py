@@ -31,7 +31,8 @@ from bayeslmm.engines.collapsed.codes import (
     MODE_LOGP,
     WEIBULL,
 )
-from bayeslmm.engines.posterior_names import var_names
+from bayeslmm.engines.native import evaluate_many
+from bayeslmm.engines.posterior_names import indexed, var_names
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.priors import ModelPriors, Prior
 
@@ -149,6 +150,13 @@ class Packed:
     def n_gamma(self) -> int:
         meta = self.ints[2]
         return int(meta[3] + meta[5 + 5 * meta[2]] * meta[4 + 5 * meta[2]])
+
+    def evaluate_many(self, xs: np.ndarray, mode: int, zs: np.ndarray, gammas: np.ndarray, values: np.ndarray) -> None:
+        """The kernel on every row of ``xs`` (n, n_dim), releasing the GIL: ``values`` (n,) gets the
+        log densities (-inf where invalid); in ``MODE_DRAW`` each row of ``gammas`` (n, n_gamma) also
+        gets the fixed and group effects drawn from their Gaussian conditional with the standard normal
+        row of ``zs`` (n, n_gamma). In other modes ``zs`` and ``gammas`` have 0 columns."""
+        evaluate_many("collapsed", tuple(self.floats + self.ints), mode, xs, zs, gammas, values)
 
     def logp(self, x: np.ndarray) -> float:
         """Log posterior density of the unconstrained variance parameters (up to a constant)."""
@@ -291,12 +299,10 @@ def posterior_from_theta(
     """
     chains, n_draws, _ = theta.shape
     if gamma is None:
-        from bayeslmm.engines.collapsed.kernels import evaluate_many  # numba: loaded on first use
-
         flat = np.ascontiguousarray(theta.reshape(-1, packed.n_dim))
         z = rng.standard_normal((flat.shape[0], packed.n_gamma))
         gamma = np.zeros_like(z)
-        evaluate_many(flat, MODE_DRAW, z, gamma, np.empty(flat.shape[0]), *packed.args)
+        packed.evaluate_many(flat, MODE_DRAW, z, gamma, np.empty(flat.shape[0]))
     p = design.X.shape[1]
     beta = design.fixed.uncentre(gamma[:, :p] + packed.prior_mean)
     shape = (chains, n_draws)
@@ -314,4 +320,4 @@ def posterior_from_theta(
             data[names["corr"]] = (("chain", "draw", names["term"], names["term_"]), hyper[names["corr"]])
         ranef = gamma[:, off:off + G * k].reshape(*shape, G, k)
         data[names["ranef"]] = (("chain", "draw", names["level"], names["term"]), ranef)
-    return xr.Dataset(data, coords=coords)
+    return xr.Dataset(data, coords=indexed(coords))

@@ -48,6 +48,7 @@ from numba import carray, cfunc, njit, types
 from bayeslmm.engines.collapsed.kernels import (
     _EXPAND_SIG,
     _LOGP_SIG,
+    _MANY_SIG,
     _as_void_pointer,
     _c_expand,
     _corr_cholesky,
@@ -896,6 +897,47 @@ def evaluate_many(xs, mode, outs, values, y, trials, offset, X, Zv, H, c, A, cva
 N_FLOAT = 16  # y, trials, offset, X, Zv, H, c, A, cval, bhat, bref, beta_par, fixed_par, prior_par, eta_lkj, ytab
 N_INT = 4  # gidx, cptr, ccol, meta
 
+@njit(cache=True)
+def _header_arrays(hdr):
+    """The kernel's arrays, in :func:`evaluate`'s order, from the (address, length) pairs in ``hdr``
+    (the float64 arrays, then the int64 ones: :meth:`CallbackDensity.over_arrays`)."""
+    f64, i64 = np.float64, np.int64
+    return (
+        carray(_as_void_pointer(hdr[0]), (hdr[1],), dtype=f64),
+        carray(_as_void_pointer(hdr[2]), (hdr[3],), dtype=f64),
+        carray(_as_void_pointer(hdr[4]), (hdr[5],), dtype=f64),
+        carray(_as_void_pointer(hdr[6]), (hdr[7],), dtype=f64),
+        carray(_as_void_pointer(hdr[8]), (hdr[9],), dtype=f64),
+        carray(_as_void_pointer(hdr[10]), (hdr[11],), dtype=f64),
+        carray(_as_void_pointer(hdr[12]), (hdr[13],), dtype=f64),
+        carray(_as_void_pointer(hdr[14]), (hdr[15],), dtype=f64),
+        carray(_as_void_pointer(hdr[16]), (hdr[17],), dtype=f64),
+        carray(_as_void_pointer(hdr[18]), (hdr[19],), dtype=f64),
+        carray(_as_void_pointer(hdr[20]), (hdr[21],), dtype=f64),
+        carray(_as_void_pointer(hdr[22]), (hdr[23],), dtype=f64),
+        carray(_as_void_pointer(hdr[24]), (hdr[25],), dtype=f64),
+        carray(_as_void_pointer(hdr[26]), (hdr[27],), dtype=f64),
+        carray(_as_void_pointer(hdr[28]), (hdr[29],), dtype=f64),
+        carray(_as_void_pointer(hdr[30]), (hdr[31],), dtype=f64),
+        carray(_as_void_pointer(hdr[32]), (hdr[33],), dtype=i64),
+        carray(_as_void_pointer(hdr[34]), (hdr[35],), dtype=i64),
+        carray(_as_void_pointer(hdr[36]), (hdr[37],), dtype=i64),
+        carray(_as_void_pointer(hdr[38]), (hdr[39],), dtype=i64),
+    )
+
+
+@njit(cache=True)
+def _evaluate_at(x, mode, grad, out, hdr):
+    """:func:`evaluate` on the arrays in ``hdr`` (star arguments: numba refuses them inside ``try``)."""
+    return evaluate(x, mode, grad, out, *_header_arrays(hdr))
+
+
+@njit(cache=True)
+def _evaluate_many_at(xs, mode, outs, values, hdr):
+    """:func:`evaluate_many` on the arrays in ``hdr``."""
+    evaluate_many(xs, mode, outs, values, *_header_arrays(hdr))
+
+
 def _c_logp(dim, x_, out_, logp_, user_data):
     """nutpie's C log-density callback: ``user_data`` points to (address, length) pairs of the arrays."""
     try:
@@ -907,31 +949,7 @@ def _c_logp(dim, x_, out_, logp_, user_data):
         # a runtime int, not the literal MODE_GRAD: a literal argument makes numba compile evaluate a
         # second time (its other caller, evaluate_many, passes an int64)
         mode = x.size * 0 + MODE_GRAD
-        # each array inline: a helper called with a constant index would be compiled once per value
-        f64, i64 = np.float64, np.int64
-        value = evaluate(
-            x, mode, grad, empty,
-            carray(_as_void_pointer(hdr[0]), (hdr[1],), dtype=f64),
-            carray(_as_void_pointer(hdr[2]), (hdr[3],), dtype=f64),
-            carray(_as_void_pointer(hdr[4]), (hdr[5],), dtype=f64),
-            carray(_as_void_pointer(hdr[6]), (hdr[7],), dtype=f64),
-            carray(_as_void_pointer(hdr[8]), (hdr[9],), dtype=f64),
-            carray(_as_void_pointer(hdr[10]), (hdr[11],), dtype=f64),
-            carray(_as_void_pointer(hdr[12]), (hdr[13],), dtype=f64),
-            carray(_as_void_pointer(hdr[14]), (hdr[15],), dtype=f64),
-            carray(_as_void_pointer(hdr[16]), (hdr[17],), dtype=f64),
-            carray(_as_void_pointer(hdr[18]), (hdr[19],), dtype=f64),
-            carray(_as_void_pointer(hdr[20]), (hdr[21],), dtype=f64),
-            carray(_as_void_pointer(hdr[22]), (hdr[23],), dtype=f64),
-            carray(_as_void_pointer(hdr[24]), (hdr[25],), dtype=f64),
-            carray(_as_void_pointer(hdr[26]), (hdr[27],), dtype=f64),
-            carray(_as_void_pointer(hdr[28]), (hdr[29],), dtype=f64),
-            carray(_as_void_pointer(hdr[30]), (hdr[31],), dtype=f64),
-            carray(_as_void_pointer(hdr[32]), (hdr[33],), dtype=i64),
-            carray(_as_void_pointer(hdr[34]), (hdr[35],), dtype=i64),
-            carray(_as_void_pointer(hdr[36]), (hdr[37],), dtype=i64),
-            carray(_as_void_pointer(hdr[38]), (hdr[39],), dtype=i64),
-        )
+        value = _evaluate_at(x, mode, grad, empty, hdr)
         logp[0] = value
         if not np.isfinite(value):
             return 4
@@ -943,15 +961,38 @@ def _c_logp(dim, x_, out_, logp_, user_data):
     return 0
 
 
+def _c_evaluate_many(mode, shape_, xs_, outs_, unused_, values_, user_data):
+    """:func:`evaluate_many` as a C function (``bayeslmm.engines.native``): ``shape_`` points to
+    (rows, n_dim, columns of outs, 0), ``user_data`` as for :func:`_c_logp`; returns 1 if it raised."""
+    shape = carray(shape_, (4,), dtype=np.int64)
+    n, d, n_out = shape[0], shape[1], shape[2]
+    try:
+        hdr = carray(user_data, (2 * (N_FLOAT + N_INT),), dtype=np.uint64)
+        _evaluate_many_at(carray(xs_, (n, d)), mode, carray(outs_, (n, n_out)), carray(values_, (n,)), hdr)
+    except Exception:  # noqa: BLE001 -- reported to the caller by the return value
+        return 1
+    return 0
+
+
 _CALLBACKS: dict = {}
+# the C functions: name -> (signature, Python function)
+_C_FUNCTIONS = {
+    "logp": (_LOGP_SIG, _c_logp), "expand": (_EXPAND_SIG, _c_expand), "evaluate_many": (_MANY_SIG, _c_evaluate_many),
+}
+
+
+def c_function(name: str):
+    """The numba ``CFunc`` ``name`` (``"logp"``, ``"expand"`` or ``"evaluate_many"``), compiled or loaded
+    from numba's disk cache on first use rather than at import."""
+    if name not in _CALLBACKS:
+        signature, function = _C_FUNCTIONS[name]
+        _CALLBACKS[name] = cfunc(signature, cache=True)(function)
+    return _CALLBACKS[name]
 
 
 def callbacks() -> tuple[int, int]:
     """Addresses of the C log-density and expand callbacks, compiled (or loaded from cache) on first use."""
-    if not _CALLBACKS:
-        _CALLBACKS["logp"] = cfunc(_LOGP_SIG, cache=True)(_c_logp)
-        _CALLBACKS["expand"] = cfunc(_EXPAND_SIG, cache=True)(_c_expand)
-    return _CALLBACKS["logp"].address, _CALLBACKS["expand"].address
+    return c_function("logp").address, c_function("expand").address
 
 
 def compile_kernels() -> None:
@@ -962,6 +1003,7 @@ def compile_kernels() -> None:
     """
     f1, i1, f2 = types.float64[::1], types.int64[::1], types.float64[:, ::1]
     arrays = (f1,) * N_FLOAT + (i1,) * N_INT
-    callbacks()
+    for name in _C_FUNCTIONS:
+        c_function(name)
     evaluate.compile((f1, types.int64, f1, f1) + arrays)
     evaluate_many.compile((f2, types.int64, f2, f1) + arrays)

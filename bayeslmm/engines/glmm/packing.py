@@ -35,7 +35,8 @@ from bayeslmm.engines.glmm.codes import (
     POISSON,
     PROBIT,
 )
-from bayeslmm.engines.posterior_names import var_names
+from bayeslmm.engines.native import evaluate_many
+from bayeslmm.engines.posterior_names import indexed, var_names
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.priors import ModelPriors, Prior
 
@@ -190,11 +191,10 @@ class Packed:
 
     def effects(self, xs: np.ndarray) -> np.ndarray:
         """``(beta_c, b)`` of every row of ``xs`` (draws, n_dim), shape (draws, n_out)."""
-        from bayeslmm.engines.glmm.kernels import evaluate_many  # numba: loaded on first use
-
         xs = np.ascontiguousarray(np.asarray(xs, float).reshape(-1, self.n_dim))
         outs = np.zeros((xs.shape[0], self.n_out))
-        evaluate_many(xs, MODE_DRAW, outs, np.empty(xs.shape[0]), *self.args)
+        evaluate_many("glmm", tuple(self.floats + self.ints), MODE_DRAW, xs, outs, np.zeros((xs.shape[0], 0)),
+                      np.empty(xs.shape[0]))
         return outs
 
 
@@ -672,4 +672,4 @@ def posterior_from_draws(packed: Packed, design: Design, family, xs: np.ndarray)
             data[names["corr"]] = (("chain", "draw", names["term"], names["term_"]), corr)
         ranef = outs[:, p + start:p + start + G * k].reshape(*shape, G, k)
         data[names["ranef"]] = (("chain", "draw", names["level"], names["term"]), ranef)
-    return xr.Dataset(data, coords=coords)
+    return xr.Dataset(data, coords=indexed(coords))
