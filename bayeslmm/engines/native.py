@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ENGINES", "addresses", "evaluate_many", "source", "build", "library_path"]
+__all__ = ["ENGINES", "addresses", "array_header", "evaluate_many", "source", "build", "library_path"]
 
 #: Engines with compiled kernels (``bayeslmm.engines.<engine>.kernels``).
 ENGINES = ("collapsed", "glmm")
@@ -161,6 +161,21 @@ def addresses(engine: str) -> dict[str, int]:
     return {name: kernels.c_function(name).address for name in FUNCTIONS}
 
 
+def array_header(arrays: tuple) -> np.ndarray:
+    """How the kernels find a model's arrays: (address, length) of each, in order, as uint64.
+
+    Parameters
+    ----------
+    arrays : tuple of ndarray
+        C-contiguous; the caller keeps them alive while a kernel reads them.
+
+    Returns
+    -------
+    ndarray of uint64, shape (2 * len(arrays),)
+    """
+    return np.array([v for a in arrays for v in (a.ctypes.data, a.size)], dtype=np.uint64)
+
+
 def evaluate_many(engine: str, arrays: tuple, mode: int, xs: np.ndarray, a: np.ndarray, b: np.ndarray,
                   values: np.ndarray) -> None:
     """Run ``engine``'s ``evaluate_many`` on the rows of ``xs``; releases the GIL while it runs.
@@ -191,7 +206,7 @@ def evaluate_many(engine: str, arrays: tuple, mode: int, xs: np.ndarray, a: np.n
     if a.shape[0] != n or b.shape[0] != n or values.shape != (n,):
         raise ValueError(f"evaluate_many: every argument needs {n} rows")
     shape = np.array([n, xs.shape[1], a.shape[1], b.shape[1]], dtype=np.int64)
-    header = np.array([v for m in arrays for v in (m.ctypes.data, m.size)], dtype=np.uint64)
+    header = array_header(arrays)
     function = _MANY_TYPE(addresses(engine)["evaluate_many"])
     status = function(mode, shape.ctypes.data, xs.ctypes.data, a.ctypes.data, b.ctypes.data, values.ctypes.data,
                       header.ctypes.data)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from bayeslmm.engines.native import array_header
 from bayeslmm.engines.posterior_names import indexed
 from bayeslmm.engines.progress import Progress, nutpie_callback
 
@@ -136,7 +137,7 @@ class CallbackDensity:
         init, jitter
             As the attributes.
         """
-        header = np.array([v for a in arrays for v in (a.ctypes.data, a.size)], dtype=np.uint64)
+        header = array_header(arrays)
         logp, expand = callbacks
         return cls(n_dim=n_dim, logp_address=logp, expand_address=expand, user_data=header, arrays=arrays,
                    init=init, jitter=jitter)
