@@ -291,4 +291,7 @@ def _link(compiler: str, obj: bytes, target: Path, say: Callable[[str], None]) -
             say(f"native kernels: the library does not load ({error}); numba's are used")
             return None
         os.replace(built, target)  # atomic: a concurrent build or fit never sees half a file
+    for stale in target.parent.glob(f"bayeslmm_kernels-*{_suffix()}"):
+        if stale != target:  # built for older sources: no key can find it again
+            stale.unlink(missing_ok=True)  # a process that loaded it keeps its mapping
     return target
