@@ -97,7 +97,7 @@ def test_collapsed_native_functions_equal_numba(library_dir, sleepstudy_packed):
     """The library holds numba's code for the same functions: log density, gradient and conditional
     draws agree to rounding at points spread around the start, rejected points included."""
     packed = sleepstudy_packed
-    arrays = tuple(packed.floats + packed.ints)
+    arrays = packed.arrays
     ours, theirs = _native_addresses("collapsed"), _numba_addresses("collapsed")
     rng = np.random.default_rng(3)
     points = packed.init + rng.normal(scale=1.5, size=(20, packed.n_dim))
@@ -127,7 +127,7 @@ def test_collapsed_native_functions_equal_numba(library_dir, sleepstudy_packed):
 
 def test_glmm_native_functions_equal_numba(library_dir, glmm_packed):
     packed = glmm_packed
-    arrays = tuple(packed.floats + packed.ints)
+    arrays = packed.arrays
     ours, theirs = _native_addresses("glmm"), _numba_addresses("glmm")
     rng = np.random.default_rng(4)
     points = packed.init + rng.normal(scale=0.5, size=(10, packed.n_dim))

@@ -247,17 +247,16 @@ def _freq_contrasts(tests: pd.DataFrame, mm, method: str, prob: float) -> pd.Dat
     low, high = (f"freq_{c}" for c in summaries.interval_columns(prob))
     p = np.empty(len(tests))
     half = np.empty(len(tests))
+    statistic = "T-stat" if "T-stat" in tests.columns else "Z-stat"  # Z-stat: a GLMM's Wald z tests
     for group in np.unique(mm.group):
         rows = np.flatnonzero(mm.group == group)
         n_means = int(mm.family_size[rows[0]])
-        statistic = tests["T-stat" if "T-stat" in tests.columns else "Z-stat"].to_numpy()
         p[rows] = adjust_p_values(
-            tests["P-val"].to_numpy()[rows], statistic[rows], tests["DF"].to_numpy()[rows],
+            tests["P-val"].to_numpy()[rows], tests[statistic].to_numpy()[rows], tests["DF"].to_numpy()[rows],
             n_means, method,
         )
         for row in rows:
             half[row] = critical_value(prob, tests["DF"].iloc[row], len(rows), n_means, method) * tests["SE"].iloc[row]
-    statistic = "T-stat" if "T-stat" in tests.columns else "Z-stat"
     out = pd.DataFrame({
         "freq_Estimate": tests["Estimate"], "freq_SE": tests["SE"], "freq_DF": tests["DF"],
         low: tests["Estimate"] - half, high: tests["Estimate"] + half,

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ENGINES", "addresses", "array_header", "evaluate_many", "source", "build", "library_path"]
+__all__ = ["ENGINES", "addresses", "callbacks", "array_header", "evaluate_many", "source", "build", "library_path"]
 
 #: Engines with compiled kernels (``bayeslmm.engines.<engine>.kernels``).
 ENGINES = ("collapsed", "glmm")
@@ -161,6 +161,12 @@ def addresses(engine: str) -> dict[str, int]:
     return {name: kernels.c_function(name).address for name in FUNCTIONS}
 
 
+def callbacks(engine: str) -> tuple[int, int]:
+    """Addresses of ``engine``'s nutpie callbacks: the log density and the expand function."""
+    functions = addresses(engine)
+    return functions["logp"], functions["expand"]
+
+
 def array_header(arrays: tuple) -> np.ndarray:
     """How the kernels find a model's arrays: (address, length) of each, in order, as uint64.
 
@@ -199,8 +205,7 @@ def evaluate_many(engine: str, arrays: tuple, mode: int, xs: np.ndarray, a: np.n
     FloatingPointError
         The kernel failed (the GLMM kernel's evaluation raised).
     """
-    rows = [np.ascontiguousarray(m, dtype=np.float64) for m in (xs, a, b)]
-    if any(r is not m for r, m in zip(rows, (xs, a, b))) or values.dtype != np.float64 or not values.flags.c_contiguous:
+    if not all(isinstance(m, np.ndarray) and m.dtype == np.float64 and m.flags.c_contiguous for m in (xs, a, b, values)):
         raise ValueError("evaluate_many writes into its arguments: pass C-contiguous float64 arrays")
     n = xs.shape[0]
     if a.shape[0] != n or b.shape[0] != n or values.shape != (n,):

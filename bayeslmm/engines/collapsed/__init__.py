@@ -57,7 +57,7 @@ from bayeslmm.engines.collapsed.packing import (
     prior_code,
     unpack_theta,
 )
-from bayeslmm.engines.native import addresses
+from bayeslmm.engines.native import callbacks
 from bayeslmm.engines.nutpie_bridge import CallbackDensity, sample_nuts
 from bayeslmm.engines.sampling import SamplerSettings, posterior_tree
 from bayeslmm.errors import ConvergenceWarning
@@ -197,6 +197,4 @@ def sample_marginal(
 
 def density(packed: Packed) -> CallbackDensity:
     """The collapsed log density of ``packed`` as nutpie callbacks."""
-    functions = addresses("collapsed")
-    callbacks = (functions["logp"], functions["expand"])
-    return CallbackDensity.over_arrays(packed.n_dim, callbacks, tuple(packed.floats + packed.ints), packed.init)
+    return CallbackDensity.over_arrays(packed.n_dim, callbacks("collapsed"), packed.arrays, packed.init)

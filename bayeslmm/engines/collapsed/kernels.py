@@ -671,11 +671,6 @@ def c_function(name: str):
     return _CALLBACKS[name]
 
 
-def callbacks() -> tuple[int, int]:
-    """Addresses of the C log-density and expand callbacks for nutpie."""
-    return c_function("logp").address, c_function("expand").address
-
-
 def compile_kernels() -> None:
     """Compile (or load from numba's disk cache) every kernel a fit uses, without running any of them."""
     from numba import types as nt

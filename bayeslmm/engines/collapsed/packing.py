@@ -141,6 +141,11 @@ class Packed:
     sd_scales: list
 
     @property
+    def arrays(self) -> tuple:
+        """The arrays in the order the C functions read them: ``floats``, then ``ints``."""
+        return tuple(self.floats + self.ints)
+
+    @property
     def args(self) -> tuple:
         """Kernel arguments after ``(x, mode, grad, z, gamma)``."""
         f, i = self.floats, self.ints
@@ -156,7 +161,7 @@ class Packed:
         log densities (-inf where invalid); in ``MODE_DRAW`` each row of ``gammas`` (n, n_gamma) also
         gets the fixed and group effects drawn from their Gaussian conditional with the standard normal
         row of ``zs`` (n, n_gamma). In other modes ``zs`` and ``gammas`` have 0 columns."""
-        evaluate_many("collapsed", tuple(self.floats + self.ints), mode, xs, zs, gammas, values)
+        evaluate_many("collapsed", self.arrays, mode, xs, zs, gammas, values)
 
     def logp(self, x: np.ndarray) -> float:
         """Log posterior density of the unconstrained variance parameters (up to a constant)."""

@@ -82,7 +82,7 @@ from bayeslmm.engines.glmm.packing import (
     pack,
     posterior_from_draws,
 )
-from bayeslmm.engines.native import addresses
+from bayeslmm.engines.native import callbacks
 from bayeslmm.engines.nutpie_bridge import CallbackDensity, sample_nuts
 from bayeslmm.engines.sampling import SamplerSettings, posterior_tree
 from bayeslmm.spec.design import Design
@@ -113,9 +113,7 @@ def supports(design: Design, priors: ModelPriors, family) -> bool:
 
 def density(packed: Packed) -> CallbackDensity:
     """The joint log density of ``packed`` as nutpie callbacks."""
-    functions = addresses("glmm")
-    callbacks = (functions["logp"], functions["expand"])
-    return CallbackDensity.over_arrays(packed.n_dim, callbacks, tuple(packed.floats + packed.ints), packed.init)
+    return CallbackDensity.over_arrays(packed.n_dim, callbacks("glmm"), packed.arrays, packed.init)
 
 
 def sample_glmm(

@@ -990,11 +990,6 @@ def c_function(name: str):
     return _CALLBACKS[name]
 
 
-def callbacks() -> tuple[int, int]:
-    """Addresses of the C log-density and expand callbacks, compiled (or loaded from cache) on first use."""
-    return c_function("logp").address, c_function("expand").address
-
-
 def compile_kernels() -> None:
     """Compile (or load from numba's disk cache) every kernel a GLMM fit uses, without running any.
 

@@ -166,9 +166,14 @@ class Packed:
         return np.stack([sd_forward(xs[..., off + t], self.sd_scales[block][t]) for t in range(k)], axis=-1)
 
     @property
+    def arrays(self) -> tuple:
+        """The arrays in the order the C functions read them: ``floats``, then ``ints``."""
+        return tuple(self.floats + self.ints)
+
+    @property
     def args(self) -> tuple:
-        """Kernel arguments after ``(x, mode, grad, out)``."""
-        return tuple(self.floats) + tuple(self.ints)
+        """Kernel arguments after ``(x, mode, grad, out)``: :attr:`arrays`, in the same order."""
+        return self.arrays
 
     @property
     def n_out(self) -> int:
@@ -193,7 +198,7 @@ class Packed:
         """``(beta_c, b)`` of every row of ``xs`` (draws, n_dim), shape (draws, n_out)."""
         xs = np.ascontiguousarray(np.asarray(xs, float).reshape(-1, self.n_dim))
         outs = np.zeros((xs.shape[0], self.n_out))
-        evaluate_many("glmm", tuple(self.floats + self.ints), MODE_DRAW, xs, outs, np.zeros((xs.shape[0], 0)),
+        evaluate_many("glmm", self.arrays, MODE_DRAW, xs, outs, np.zeros((xs.shape[0], 0)),
                       np.empty(xs.shape[0]))
         return outs
 
