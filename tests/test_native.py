@@ -147,17 +147,21 @@ def test_glmm_native_functions_equal_numba(library_dir, glmm_packed):
 
 
 def test_a_fit_uses_the_library_and_never_imports_numba(library_dir):
-    """The point of the library: a whole fit (both engines) loads no numba, llvmlite or LLVM. dask is
-    hidden: when installed, xarray imports dask.array, which imports pydata-sparse and so numba."""
+    """The point of the library: a whole fit (both engines, and Lm2), with its summaries, loads no numba,
+    llvmlite or LLVM. dask stays installed (the test environment has the extra): xarray would import
+    dask.array, and through it pydata-sparse and numba, for the first Dataset built the general way."""
     code = (
-        "import sys; sys.modules['dask'] = None\n"
-        "from bayeslmm import Lmer, load_dataset\n"
+        "import sys\n"
+        "from bayeslmm import Lm2, Lmer, load_dataset\n"
         "from bayeslmm.engines import native\n"
         "m = Lmer('Reaction ~ Days + (Days | Subject)', load_dataset('sleepstudy'))\n"
         "m.fit(draws=100, tune=100, chains=2, random_seed=1, progressbar=False)\n"
+        "m.coefs, m.ranef, m.data, m.summary()\n"
         "g = Lmer('cbind(incidence, size - incidence) ~ period + (1 | herd)', load_dataset('cbpp'), family='binomial')\n"
         "g.fit(draws=100, tune=100, chains=2, random_seed=1, progressbar=False)\n"
-        "print(native.source(), sorted(k for k in ('numba', 'llvmlite') if k in sys.modules))\n"
+        "g.coefs, g.summary()\n"
+        "Lm2('Reaction ~ Days', load_dataset('sleepstudy'), group='Subject').fit(progressbar=False)\n"
+        "print(native.source(), sorted(k for k in ('numba', 'llvmlite', 'sparse', 'dask.array') if k in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split()[0] == "native"

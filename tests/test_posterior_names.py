@@ -74,3 +74,33 @@ def test_no_pooling_posterior(sleep):
     assert set(posterior.data_vars) == {"beta", "sigma"}
     assert posterior["beta"].dims == ("chain", "draw", "group", "fixed_term")
     assert posterior["sigma"].dims == ("chain", "draw", "group")
+
+
+def test_dataset_holds_what_xarray_would_build():
+    """posterior_names.dataset skips xarray's general conversion (and its import of dask.array); the
+    Dataset must be the one xarray builds: values, dtypes, coordinates and attributes, None kept in an
+    object array of Nones and turned into NaN beside text, as xarray does."""
+    import pandas as pd
+    import xarray as xr
+
+    from bayeslmm.engines.posterior_names import dataset
+
+    rng = np.random.default_rng(0)
+    messages = np.full((2, 3), None, dtype=object)
+    messages[1, 2] = "divergence"
+    variables = {
+        "beta": (("chain", "draw", "fixed_term"), rng.normal(size=(2, 3, 2))),
+        "diverging": (("chain", "draw"), np.zeros((2, 3), dtype=bool)),
+        "depth": (("chain", "draw"), np.arange(6, dtype=np.uint64).reshape(2, 3)),
+        "no_message": (("chain", "draw"), np.full((2, 3), None, dtype=object)),
+        "message": (("chain", "draw"), messages),
+    }
+    coords = {"chain": np.arange(2), "draw": np.arange(3), "fixed_term": ["Intercept", "Days"]}
+    ours = dataset(variables, coords, {"sampler": "test"})
+    expected = xr.Dataset(variables, coords={k: pd.Index(v) for k, v in coords.items()}, attrs={"sampler": "test"})
+    xr.testing.assert_identical(ours, expected)
+    for name in variables:
+        assert ours[name].dtype == expected[name].dtype
+    assert ours["no_message"].values[0, 0] is None
+    assert np.isnan(ours["message"].values[0, 0]) and ours["message"].values[1, 2] == "divergence"
+    assert list(ours.indexes["fixed_term"]) == ["Intercept", "Days"]

@@ -164,7 +164,7 @@ def check_diagnostics(idata: xr.DataTree, var_names: list[str]) -> list[str]:
     stats = idata["sample_stats"].to_dataset()
     n_chains, n_draws = stats.sizes["chain"], stats.sizes["draw"]
     if "diverging" in stats:
-        n_divergent = int(stats["diverging"].sum())
+        n_divergent = int(np.count_nonzero(stats["diverging"].values))  # numpy: xarray's sum would import dask
         if n_divergent:
             messages.append(
                 f"{n_divergent} of {n_chains * n_draws} draws ended in a divergent transition: the posterior "

@@ -34,7 +34,7 @@ import numpy as np
 import xarray as xr
 
 from bayeslmm.engines.native import array_header
-from bayeslmm.engines.posterior_names import indexed
+from bayeslmm.engines.posterior_names import dataset
 from bayeslmm.engines.progress import Progress, nutpie_callback
 
 __all__ = ["core", "CallbackDensity", "sample_nuts", "SUPPORTED_NUTPIE"]
@@ -275,5 +275,5 @@ def _read_trace(results, settings, n_dim: int) -> tuple[np.ndarray, xr.Dataset]:
         "inference_library_settings": json.dumps(settings.as_dict()),
     }
     coords = {"chain": np.arange(chains), "draw": np.arange(n_draws)}
-    stats = xr.Dataset({k: (("chain", "draw"), v) for k, v in data.items()}, coords=indexed(coords), attrs=attrs)
+    stats = dataset({k: (("chain", "draw"), v) for k, v in data.items()}, coords, attrs)
     return theta, stats

@@ -24,7 +24,7 @@ import pymc as pm
 import pytensor.tensor as pt
 import xarray as xr
 
-from bayeslmm.engines.posterior_names import var_names
+from bayeslmm.engines.posterior_names import dataset, var_names
 from bayeslmm.engines.progress import Progress, nutpie_callback
 from bayeslmm.engines.sampling import SamplerSettings
 from bayeslmm.spec.design import Design
@@ -187,7 +187,7 @@ def sample_pymc(
         {
             "posterior": idata["posterior"].to_dataset()[keep],
             "sample_stats": idata["sample_stats"].to_dataset(),
-            "observed_data": xr.Dataset({"y": (("obs",), np.asarray(observed, dtype=float))}),
+            "observed_data": dataset({"y": (("obs",), np.asarray(observed, dtype=float))}),
         }
     )
     settings = SamplerSettings(

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from bayeslmm.engines.posterior_names import dataset
 from bayeslmm.engines.progress import Progress
 from bayeslmm.engines.sampling import SamplerSettings, posterior_tree
 from bayeslmm.spec.design import Design
@@ -263,27 +264,27 @@ def sample_tree(
             bar.update(g + 1)
     coords = {"chain": np.arange(chains), "draw": np.arange(draws), "fixed_term": list(design.fixed_terms)}
     if levels is None:
-        posterior = xr.Dataset(
+        posterior = dataset(
             {"beta": (("chain", "draw", "fixed_term"), fits[0].beta), "sigma": (("chain", "draw"), fits[0].sigma)},
-            coords=coords,
+            coords,
         )
     else:
         coords["group"] = list(levels)
-        posterior = xr.Dataset(
+        posterior = dataset(
             {
                 "beta": (("chain", "draw", "group", "fixed_term"), np.stack([f.beta for f in fits], axis=2)),
                 "sigma": (("chain", "draw", "group"), np.stack([f.sigma for f in fits], axis=2)),
             },
-            coords=coords,
+            coords,
         )
     accepted = np.mean([f.accepted for f in fits], axis=0)
-    stats = xr.Dataset(
+    stats = dataset(
         {
             "diverging": (("chain", "draw"), np.zeros((chains, draws), dtype=bool)),
             "acceptance_rate": (("chain", "draw"), accepted),
         },
-        coords={"chain": np.arange(chains), "draw": np.arange(draws)},
-        attrs={"inference_library": "bayeslmm", "sampler": "exact Gaussian regression"},
+        {"chain": np.arange(chains), "draw": np.arange(draws)},
+        {"inference_library": "bayeslmm", "sampler": "exact Gaussian regression"},
     )
     tree = posterior_tree(posterior, stats, design.y)
     rate = float(accepted.mean()) if accepted.size else 1.0

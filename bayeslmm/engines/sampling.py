@@ -63,11 +63,11 @@ def posterior_tree(posterior, sample_stats, y: np.ndarray, keep: list[str] | Non
     ``sample_stats`` and ``observed_data`` (``y`` on ``obs``), as an ``xarray.DataTree``."""
     import xarray as xr  # not at import: the command line and ``import bayeslmm`` never need it
 
-    from bayeslmm.engines.posterior_names import indexed
+    from bayeslmm.engines.posterior_names import dataset
 
     if keep is not None:
         posterior = posterior[[name for name in keep if name in posterior]]
-    observed = xr.Dataset({"y": (("obs",), np.asarray(y, dtype=float))}, coords=indexed({"obs": np.arange(len(y))}))
+    observed = dataset({"y": (("obs",), np.asarray(y, dtype=float))}, {"obs": np.arange(len(y))})
     return xr.DataTree.from_dict({"posterior": posterior, "sample_stats": sample_stats, "observed_data": observed})
 
 

@@ -155,9 +155,9 @@ def _add_compile(commands) -> None:
         "compile",
         help="compile the samplers' kernels once, so that the first fit starts at once",
         description=(
-            "Compile bayeslmm's numba kernels, cache them on disk and link them into a native library "
-            "(1-2 minutes, once per installation; scripts/bootstrap.sh does it). Without it the first fit "
-            "compiles them, and every fit imports numba to load them."
+            "Compile bayeslmm's modules to bytecode and its numba kernels, cache the kernels on disk and "
+            "link them into a native library (1-2 minutes, once per installation; scripts/bootstrap.sh "
+            "does it). Without it the first fit compiles the kernels, and every fit imports numba to load them."
         ),
     )
     compile_.set_defaults(handler=_run_compile)

@@ -22,6 +22,7 @@ import pandas as pd
 import xarray as xr
 
 from bayeslmm.engines.diagnostics import check_diagnostics
+from bayeslmm.engines.posterior_names import dataset
 from bayeslmm.engines.sampling import (
     SamplerSettings,
     check_fit_arguments,
@@ -194,9 +195,8 @@ class FittedModel:
         if "log_likelihood" not in self.idata.children or "y" not in self.idata["log_likelihood"].data_vars:
             posterior = self.posterior
             values = self._pointwise_log_likelihood(posterior)
-            dataset = xr.Dataset({"y": (("chain", "draw", "obs"), values)})
-            dataset = dataset.assign_coords(chain=posterior.chain, draw=posterior.draw, obs=pd.Index(np.arange(values.shape[-1])))
-            self.idata["log_likelihood"] = xr.DataTree(dataset)
+            coords = {"chain": posterior.indexes["chain"], "draw": posterior.indexes["draw"], "obs": np.arange(values.shape[-1])}
+            self.idata["log_likelihood"] = xr.DataTree(dataset({"y": (("chain", "draw", "obs"), values)}, coords))
         return self.idata["log_likelihood"]["y"]
 
     def variant(self, design: Design, priors: ModelPriors, label: str) -> "FittedModel":

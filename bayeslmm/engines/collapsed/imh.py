@@ -20,6 +20,7 @@ import xarray as xr
 
 from bayeslmm.engines.collapsed.codes import MODE_DRAW, MODE_LOGP
 from bayeslmm.engines.collapsed.packing import Packed
+from bayeslmm.engines.posterior_names import dataset
 from bayeslmm.engines.progress import Progress
 
 __all__ = ["sample_imh", "find_mode", "IMH_NU", "IMH_SCALE", "IMH_DEFENSIVE", "IMH_MAX_TUNE", "IMH_MIN_ACCEPTANCE"]
@@ -393,15 +394,15 @@ def sample_imh(
     gamma = gammas[flat]
     del gammas
     coords = {"chain": np.arange(chains), "draw": np.arange(draws)}
-    stats = xr.Dataset(
+    stats = dataset(
         {
             "diverging": (("chain", "draw"), np.zeros((chains, draws), dtype=bool)),
             "accepted": (("chain", "draw"), accepted),
             "acceptance_rate": (("chain", "draw"), rate),
             "lp": (("chain", "draw"), lp[flat].reshape(chains, draws)),
         },
-        coords=coords,
-        attrs={
+        coords,
+        {
             "inference_library": "bayeslmm",
             "sampler": "independence Metropolis-Hastings",
             "proposal": (

@@ -32,7 +32,7 @@ from bayeslmm.engines.collapsed.codes import (
     WEIBULL,
 )
 from bayeslmm.engines.native import evaluate_many
-from bayeslmm.engines.posterior_names import indexed, var_names
+from bayeslmm.engines.posterior_names import dataset, var_names
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.priors import ModelPriors, Prior
 
@@ -325,4 +325,4 @@ def posterior_from_theta(
             data[names["corr"]] = (("chain", "draw", names["term"], names["term_"]), hyper[names["corr"]])
         ranef = gamma[:, off:off + G * k].reshape(*shape, G, k)
         data[names["ranef"]] = (("chain", "draw", names["level"], names["term"]), ranef)
-    return xr.Dataset(data, coords=indexed(coords))
+    return dataset(data, coords)

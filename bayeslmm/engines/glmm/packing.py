@@ -36,7 +36,7 @@ from bayeslmm.engines.glmm.codes import (
     PROBIT,
 )
 from bayeslmm.engines.native import evaluate_many
-from bayeslmm.engines.posterior_names import indexed, var_names
+from bayeslmm.engines.posterior_names import dataset, var_names
 from bayeslmm.spec.design import Design
 from bayeslmm.spec.priors import ModelPriors, Prior
 
@@ -677,4 +677,4 @@ def posterior_from_draws(packed: Packed, design: Design, family, xs: np.ndarray)
             data[names["corr"]] = (("chain", "draw", names["term"], names["term_"]), corr)
         ranef = outs[:, p + start:p + start + G * k].reshape(*shape, G, k)
         data[names["ranef"]] = (("chain", "draw", names["level"], names["term"]), ranef)
-    return xr.Dataset(data, coords=indexed(coords))
+    return dataset(data, coords)
