@@ -1,6 +1,6 @@
 # make_reference.R -- reference numbers from R / lme4 for the bayeslmm test-suite.
 #
-# How to run (from the repository root, /work/main):
+# How to run (from the repository root):
 #
 #     Rscript validation/r/make_reference.R
 #
