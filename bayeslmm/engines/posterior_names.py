@@ -27,12 +27,12 @@ import xarray as xr
 
 from bayeslmm.spec.random_effects import RandomBlock
 
-__all__ = ["var_names", "indexed", "dataset"]
+__all__ = ["var_names", "dataset"]
 
 
-def indexed(coords: Mapping[str, Any]) -> dict[str, pd.Index]:
+def _indexed(coords: Mapping[str, Any]) -> dict[str, pd.Index]:
     """Coordinates as pandas Indexes (numbers keep their dtype; text becomes object, as xarray stores it
-    in an index anyway), for every Dataset a fit builds.
+    in an index anyway), for :func:`dataset`.
 
     xarray turns any other coordinate array into an index through a check for pydata-sparse arrays,
     which imports sparse (a dependency of Bambi) and with it numba: 0.5 s or more, and more again at
@@ -53,7 +53,7 @@ def dataset(
     variables : mapping of name to (dims, values)
         ``values`` is converted with :func:`numpy.asarray`; its shape must match ``dims``.
     coords : mapping of dimension name to labels, optional
-        Passed through :func:`indexed`.
+        Labels of each dimension; kept as pandas Indexes (see ``_indexed``).
     attrs : mapping, optional
 
     Notes
@@ -72,7 +72,7 @@ def dataset(
             data[name] = (dims, values)
         else:
             data[name] = xr.Variable(dims, values, fastpath=True)
-    return xr.Dataset(data, coords=indexed(coords or {}), attrs=dict(attrs or {}))
+    return xr.Dataset(data, coords=_indexed(coords or {}), attrs=dict(attrs or {}))
 
 
 def var_names(block: RandomBlock) -> dict[str, str]:
